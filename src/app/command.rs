@@ -1,0 +1,102 @@
+//! The commands of the replicated application and their outcomes.
+//!
+//! A command is everything a backup needs to reach the same state as the primary: it carries
+//! no secrets (passwords arrive hashed, tokens as hashes) and nothing a backup would have to
+//! compute or invent (ids, hashes and tokens are made by the primary before it proposes).
+
+use serde::{Deserialize, Serialize};
+
+/// One replicated change, as stored in a log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The address (`IP:PORT`, the TCP peer's) of the client whose request this is: the
+    /// seed's `client=<Address>` on every forwarded change.
+    pub origin: String,
+    /// The change.
+    pub command: Command,
+}
+
+/// The changes of the application.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A client introduced itself (`client/init`). `address` is the TCP peer's IP and the
+    /// port of the client's notification listener; every backup learns it.
+    InitClient { client_id: String, address: String },
+    /// A new user. The password arrives as an Argon2id PHC string made by the primary.
+    Register {
+        username: String,
+        password_hash: String,
+    },
+    /// A client logged in as `username` (the primary checked the password). `token_hash` is
+    /// the SHA-256 (hex) of the bearer token handed to the client.
+    Login {
+        client_id: String,
+        username: String,
+        token_hash: String,
+    },
+    /// A client logged out; it stays listed with `logged_in: false`.
+    Logout {
+        client_id: String,
+        token_hash: String,
+    },
+    /// A demo message for the board. `seq` numbers the client's messages for at-most-once.
+    Message {
+        client_id: String,
+        token_hash: String,
+        seq: u64,
+        text: String,
+    },
+}
+
+/// The deterministic result of applying a command. Every server computes the same one; the
+/// primary hands it to the waiting client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// `InitClient` applied.
+    ClientAdded { client_id: String },
+    /// `Register` applied.
+    Registered { username: String },
+    /// `Login` applied.
+    LoggedIn,
+    /// `Logout` applied.
+    LoggedOut,
+    /// `Message` applied, or its retry found: the message's index on the board.
+    Posted { index: u64 },
+    /// The command was refused; the state is unchanged.
+    Rejected(Rejection),
+}
+
+/// Why a command was refused, decided deterministically by `apply`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// A username taken, a `seq` reused with other text or gone backwards.
+    Conflict(String),
+    /// No such client or user.
+    NotFound(String),
+    /// The token does not belong to the client's current session.
+    Unauthorized(String),
+}
+
+impl Rejection {
+    /// The library error that a client receives for this rejection.
+    pub fn into_error(self) -> crate::Error {
+        match self {
+            Rejection::Conflict(m) => crate::Error::Conflict(m),
+            Rejection::NotFound(m) => crate::Error::NotFound(m),
+            Rejection::Unauthorized(m) => crate::Error::Unauthorized(m),
+        }
+    }
+}
+
+impl Request {
+    /// Encodes the request for a log entry.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding a request into memory cannot fail")
+    }
+
+    /// Decodes a request from a log entry.
+    pub fn decode(bytes: &[u8]) -> crate::Result<Request> {
+        postcard::from_bytes(bytes)
+            .map_err(|err| crate::Error::Corrupt(format!("undecodable command: {err}")))
+    }
+}

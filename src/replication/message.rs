@@ -1,0 +1,97 @@
+//! The vocabulary of the replication protocol: log entries and the messages servers send
+//! each other. The HTTP transport carries these as they are (see `server::peers`); the
+//! paths `/replication/...` are only envelopes for them.
+
+use serde::{Deserialize, Serialize};
+
+/// A server's name: its advertised `HOST:PORT`.
+pub type NodeId = String;
+/// An election term. Terms only grow; at most one primary is elected per term.
+pub type Term = u64;
+/// A position in the replicated log, starting at 1. Index 0 is "before the first entry".
+pub type Index = u64;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the primary that appended the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: Index,
+    /// What the entry does.
+    pub payload: Payload,
+}
+
+/// What a log entry does once committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Appended by a new primary at the start of its term: committing it commits every entry
+    /// before it (entries of older terms are never committed by counting replicas; Raft §5.4.2).
+    Noop,
+    /// The voting members of the cluster from this entry on (whether committed or not, as in
+    /// Raft's single-server membership changes).
+    Config(Vec<NodeId>),
+    /// An application command, opaque to the replication layer.
+    Command(Vec<u8>),
+}
+
+/// A message with its routing and term, as it travels between servers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's current term, or for a pre-vote the term the sender would campaign in.
+    pub term: Term,
+    /// The message itself.
+    pub message: Message,
+}
+
+/// The messages of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Primary to backup: append `entries` after the entry at `prev_index` with `prev_term`.
+    /// With no entries this is a heartbeat. `commit` is the primary's commit index.
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    },
+    /// Backup to primary: the backup's log matches the primary's up to `match_index`, and
+    /// everything up to there is durable on the backup.
+    AppendAccepted { match_index: Index },
+    /// Backup to primary: the entry at `prev_index` did not match. `hint` is an index at or
+    /// below which the primary should try next; `last_index` is the backup's last entry.
+    AppendRejected {
+        prev_index: Index,
+        hint: Index,
+        last_index: Index,
+    },
+    /// Candidate to everyone: vote for me. With `pre` set this is a pre-vote: nobody changes
+    /// term or records a vote, it only asks "would you vote for me?".
+    Vote {
+        last_index: Index,
+        last_term: Term,
+        pre: bool,
+    },
+    /// The answer to a `Vote`.
+    VoteResponse { granted: bool, pre: bool },
+}
+
+impl Message {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Append { entries, .. } if entries.is_empty() => "Heartbeat",
+            Message::Append { .. } => "Append",
+            Message::AppendAccepted { .. } => "AppendAccepted",
+            Message::AppendRejected { .. } => "AppendRejected",
+            Message::Vote { pre: true, .. } => "PreVote",
+            Message::Vote { .. } => "Vote",
+            Message::VoteResponse { pre: true, .. } => "PreVoteResponse",
+            Message::VoteResponse { .. } => "VoteResponse",
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! What the replication core asks the driver to make durable.
+
+use serde::{Deserialize, Serialize};
+
+use super::message::{Entry, NodeId, Term};
+
+/// The state a server must never forget: the latest term it has seen and whom it voted for
+/// in that term. Persisted before any message that depends on it is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+}
+
+/// One durable change, in the order the core produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    /// Replace the term and vote.
+    HardState(HardState),
+    /// Drop every entry from `entries[0].index` on, then append `entries` (contiguous,
+    /// never empty). Appending at the end drops nothing.
+    Entries(Vec<Entry>),
+}

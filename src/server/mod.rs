@@ -1,0 +1,1 @@
+//! The server: HTTP endpoints, peer transport and the driver around the replication core.
