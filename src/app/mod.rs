@@ -5,5 +5,7 @@
 //! and deterministic function, and so reaches the same state.
 
 mod command;
+mod state;
 
 pub use command::{Command, Outcome, Rejection, Request};
+pub use state::{Applied, State};

@@ -1,0 +1,927 @@
+//! The replication state machine of one server: a sans-IO node.
+//!
+//! The driver feeds it messages ([`Node::step`]), clock ticks ([`Node::tick`]) and client
+//! proposals ([`Node::propose`]), reports what storage made durable ([`Node::persisted`]),
+//! and drains [`Output`]s with [`Node::ready`]. The node never touches a socket, a clock, a
+//! file or the OS's randomness, so the simulation can drive it exactly as the server does.
+//!
+//! Outputs must be carried out in order: a message that follows a `Write` may leave only once
+//! that write is durable (a vote or an acknowledgement promises what is on disk).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::{debug, info, warn};
+
+use super::log::Log;
+use super::message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
+use super::persist::{HardState, Write};
+use super::progress::Progress;
+use crate::error::{Error, Result};
+
+/// Timing and batching of the protocol, in ticks and counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The primary sends a heartbeat to every backup this often.
+    pub heartbeat_ticks: u32,
+    /// A backup that hears nothing from a primary for a random time in
+    /// `[election_ticks, 2 * election_ticks)` starts an election. A primary that has not heard
+    /// from a majority within `election_ticks` steps down (check-quorum).
+    pub election_ticks: u32,
+    /// Most entries in one append.
+    pub max_append_entries: usize,
+    /// Most appends in flight to one backup.
+    pub max_inflight: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_ticks: 5,
+            election_ticks: 30,
+            max_append_entries: 512,
+            max_inflight: 8,
+        }
+    }
+}
+
+/// The role of a server, as reported to the outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    Primary,
+    Backup,
+    Candidate,
+    /// A backup that is not (yet) a member of the configuration.
+    Joining,
+}
+
+impl RoleKind {
+    /// The name used in `GET /status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleKind::Primary => "primary",
+            RoleKind::Backup => "backup",
+            RoleKind::Candidate => "candidate",
+            RoleKind::Joining => "joining",
+        }
+    }
+}
+
+/// A node's view of itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: RoleKind,
+    pub term: Term,
+    pub primary: Option<NodeId>,
+    pub members: Vec<NodeId>,
+    pub commit_index: Index,
+    pub last_index: Index,
+}
+
+/// What the node asks of its driver, in the order it must happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Make this durable before sending any message that follows it.
+    Write(Write),
+    /// Send this message (best effort: the protocol copes with loss).
+    Send(Envelope),
+    /// These entries are committed: apply them, in order. Each entry is handed out once.
+    Apply(Vec<Entry>),
+    /// The role, term or known primary changed.
+    RoleChanged {
+        role: RoleKind,
+        term: Term,
+        primary: Option<NodeId>,
+    },
+}
+
+/// A backup follows the primary it last heard from in its term.
+#[derive(Debug)]
+struct Backup {
+    primary: Option<NodeId>,
+    /// Ticks since the primary was last heard from (or a vote was granted).
+    idle_ticks: u32,
+}
+
+/// A candidate collects votes; with `pre` set it only asks whether it could win.
+#[derive(Debug)]
+struct Candidate {
+    pre: bool,
+    votes: BTreeSet<NodeId>,
+    elapsed: u32,
+}
+
+/// The primary replicates its log to every backup and joining server.
+#[derive(Debug)]
+struct Primary {
+    progress: BTreeMap<NodeId, Progress>,
+    /// Servers being brought up to date before they become members.
+    learners: BTreeSet<NodeId>,
+    heartbeat_elapsed: u32,
+    quorum_elapsed: u32,
+    /// The index of this term's first entry (its no-op); once committed, every earlier entry is.
+    term_start: Index,
+}
+
+#[derive(Debug)]
+enum Role {
+    Backup(Backup),
+    Candidate(Candidate),
+    Primary(Primary),
+}
+
+/// One server's replication state machine.
+pub struct Node {
+    id: NodeId,
+    term: Term,
+    vote: Option<NodeId>,
+    log: Log,
+    commit: Index,
+    /// Entries up to here have been handed out in `Output::Apply`.
+    applied: Index,
+    /// Our own log is durable up to here (reported by the driver).
+    persisted: Index,
+    role: Role,
+    opts: Options,
+    rng: ChaCha8Rng,
+    /// The current randomized election timeout, in ticks.
+    election_timeout: u32,
+    outputs: Vec<Output>,
+    reported: (RoleKind, Term, Option<NodeId>),
+}
+
+impl Node {
+    /// A node resuming from its durable state (or starting empty), as a backup that knows no
+    /// primary. `seed` drives the randomized election timeouts.
+    pub fn new(
+        id: NodeId,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+        opts: Options,
+        seed: u64,
+    ) -> Node {
+        let log = Log::new(entries);
+        let mut node = Node {
+            id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            persisted: log.last_index(),
+            log,
+            commit: 0,
+            applied: 0,
+            role: Role::Backup(Backup {
+                primary: None,
+                idle_ticks: 0,
+            }),
+            opts,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            election_timeout: 0,
+            outputs: Vec::new(),
+            reported: (RoleKind::Backup, 0, None),
+        };
+        node.reset_election_timeout();
+        node.reported = node.role_report();
+        node
+    }
+
+    /// Starts a new cluster of one: writes the first configuration (this server alone) and
+    /// campaigns at once, which a single voter wins. Only on an empty log.
+    pub fn bootstrap(&mut self) {
+        assert_eq!(self.log.last_index(), 0, "bootstrap needs an empty log");
+        let entry = self.log.append(0, Payload::Config(vec![self.id.clone()]));
+        self.outputs
+            .push(Output::Write(Write::Entries(vec![entry])));
+        self.pre_campaign();
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    pub fn is_primary(&self) -> bool {
+        matches!(self.role, Role::Primary(_))
+    }
+
+    /// The primary this node knows of in its term (itself if it is the primary).
+    pub fn primary(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Primary(_) => Some(self.id.clone()),
+            Role::Backup(b) => b.primary.clone(),
+            Role::Candidate(_) => None,
+        }
+    }
+
+    /// The latest configuration's members.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.log.config().1
+    }
+
+    pub fn status(&self) -> Status {
+        let (role, term, primary) = self.role_report();
+        Status {
+            id: self.id.clone(),
+            role,
+            term,
+            primary,
+            members: self.members(),
+            commit_index: self.commit,
+            last_index: self.log.last_index(),
+        }
+    }
+
+    /// The error for a request that only the primary can serve.
+    pub fn not_primary(&self) -> Error {
+        match self.primary() {
+            Some(primary) if primary != self.id => Error::NotPrimary { primary },
+            _ => Error::NoPrimary,
+        }
+    }
+
+    /// Appends an application command to the log (primary only) and returns its index. The
+    /// command is committed once a majority has it durably; it comes back in `Output::Apply`.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<Index> {
+        if !self.is_primary() {
+            return Err(self.not_primary());
+        }
+        let entry = self.log.append(self.term, Payload::Command(command));
+        let index = entry.index;
+        self.outputs
+            .push(Output::Write(Write::Entries(vec![entry])));
+        Ok(index)
+    }
+
+    /// Starts bringing a new server up to date (primary only). Once it has caught up with
+    /// the commit index, the primary proposes a configuration that adds it as a member.
+    pub fn add_learner(&mut self, id: NodeId) -> Result<()> {
+        let last = self.log.last_index();
+        let members = self.members();
+        let Role::Primary(primary) = &mut self.role else {
+            return Err(self.not_primary());
+        };
+        if id == self.id || members.contains(&id) {
+            return Ok(());
+        }
+        primary
+            .progress
+            .entry(id.clone())
+            .or_insert_with(|| Progress::new(last));
+        primary.learners.insert(id);
+        Ok(())
+    }
+
+    /// The driver made our own log durable up to `index`, whose entry has `term`. A report
+    /// about entries that have since been replaced is ignored.
+    pub fn persisted(&mut self, index: Index, term: Term) {
+        if index > self.persisted && self.log.term_at(index) == Some(term) {
+            self.persisted = index;
+            self.maybe_commit();
+        }
+    }
+
+    /// Drains everything the driver must do, in order. The primary sends its pending appends
+    /// here, so that proposals made since the last call travel in one batch.
+    pub fn ready(&mut self) -> Vec<Output> {
+        self.send_appends();
+        let mut outputs: Vec<Output> = Vec::with_capacity(self.outputs.len());
+        for output in std::mem::take(&mut self.outputs) {
+            // Coalesce appends to the log so one write (and one checksum) covers a batch.
+            if let (Some(Output::Write(Write::Entries(last))), Output::Write(Write::Entries(next))) =
+                (outputs.last_mut(), &output)
+                && last.last().map(|e| e.index + 1) == next.first().map(|e| e.index)
+            {
+                last.extend(next.iter().cloned());
+                continue;
+            }
+            outputs.push(output);
+        }
+        outputs
+    }
+
+    /// One tick of the logical clock.
+    pub fn tick(&mut self) {
+        match &mut self.role {
+            Role::Backup(backup) => {
+                backup.idle_ticks += 1;
+                if backup.idle_ticks >= self.election_timeout && self.is_voter() {
+                    info!(
+                        term = self.term,
+                        "no primary heard from; starting a pre-vote"
+                    );
+                    self.pre_campaign();
+                }
+            }
+            Role::Candidate(candidate) => {
+                candidate.elapsed += 1;
+                if candidate.elapsed >= self.election_timeout {
+                    self.pre_campaign();
+                }
+            }
+            Role::Primary(primary) => {
+                for progress in primary.progress.values_mut() {
+                    progress.tick(self.opts.election_ticks);
+                }
+                primary.heartbeat_elapsed += 1;
+                if primary.heartbeat_elapsed >= self.opts.heartbeat_ticks {
+                    primary.heartbeat_elapsed = 0;
+                    self.heartbeat();
+                }
+                if let Role::Primary(primary) = &mut self.role {
+                    primary.quorum_elapsed += 1;
+                    if primary.quorum_elapsed >= self.opts.election_ticks {
+                        primary.quorum_elapsed = 0;
+                        if !self.has_active_quorum() {
+                            warn!(
+                                term = self.term,
+                                "lost contact with a majority; stepping down"
+                            );
+                            self.become_backup(self.term, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a message from another server.
+    pub fn step(&mut self, env: Envelope) {
+        if env.to != self.id || env.from == self.id {
+            debug!(from = %env.from, to = %env.to, "dropping misrouted message");
+            return;
+        }
+        if let Err(reason) = validate(&env) {
+            warn!(from = %env.from, reason, "dropping malformed message");
+            return;
+        }
+
+        // Term check first (Raft §5.1): a newer term makes us a backup of that term, an older
+        // one marks the sender as stale.
+        if env.term > self.term {
+            match &env.message {
+                // A server that hears from a live primary ignores elections: a server cut off
+                // and back cannot disrupt a healthy cluster (Raft §9.6, leader stickiness).
+                Message::Vote { .. } if self.in_lease() => {
+                    debug!(from = %env.from, term = env.term, "ignoring vote request: primary is alive");
+                    return;
+                }
+                // Pre-votes and their grants carry a proposed term, not a real one.
+                Message::Vote { pre: true, .. }
+                | Message::VoteResponse {
+                    pre: true,
+                    granted: true,
+                } => {}
+                Message::Append { .. } => self.become_backup(env.term, Some(env.from.clone())),
+                _ => self.become_backup(env.term, None),
+            }
+        } else if env.term < self.term {
+            match env.message {
+                // Tell a stale primary or candidate about the newer term.
+                Message::Append { .. } => self.send(
+                    env.from,
+                    Message::AppendRejected {
+                        prev_index: 0,
+                        hint: 0,
+                        last_index: self.log.last_index(),
+                    },
+                ),
+                Message::Vote { pre, .. } => self.send(
+                    env.from,
+                    Message::VoteResponse {
+                        granted: false,
+                        pre,
+                    },
+                ),
+                _ => debug!(from = %env.from, term = env.term, "dropping message from an old term"),
+            }
+            return;
+        }
+
+        match env.message {
+            Message::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => self.on_append(env.from, prev_index, prev_term, entries, commit),
+            Message::AppendAccepted { match_index } => {
+                self.on_append_accepted(env.from, match_index)
+            }
+            Message::AppendRejected {
+                prev_index,
+                hint,
+                last_index,
+            } => self.on_append_rejected(env.from, prev_index, hint.min(last_index)),
+            Message::Vote {
+                last_index,
+                last_term,
+                pre,
+            } => self.on_vote(env.from, env.term, last_index, last_term, pre),
+            Message::VoteResponse { granted, pre } => {
+                self.on_vote_response(env.from, env.term, granted, pre)
+            }
+        }
+    }
+
+    // ---- Backup side ---------------------------------------------------------------------
+
+    /// An append from the primary of our term (Raft §5.3).
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        match &mut self.role {
+            Role::Primary(_) => panic!(
+                "two primaries in term {}: {} and {}",
+                self.term, self.id, from
+            ),
+            Role::Candidate(_) => self.become_backup(self.term, Some(from.clone())),
+            Role::Backup(backup) => match &backup.primary {
+                Some(primary) => assert_eq!(
+                    primary, &from,
+                    "two primaries in term {}: {} and {}",
+                    self.term, primary, from
+                ),
+                None => {
+                    backup.primary = Some(from.clone());
+                    self.report_role();
+                }
+            },
+        }
+        if let Role::Backup(backup) = &mut self.role {
+            backup.idle_ticks = 0;
+        }
+
+        let last_index = self.log.last_index();
+        if prev_index > last_index {
+            // A gap: ask for what is missing instead of applying out of order.
+            self.send(
+                from,
+                Message::AppendRejected {
+                    prev_index,
+                    hint: last_index,
+                    last_index,
+                },
+            );
+            return;
+        }
+        if self.log.term_at(prev_index) != Some(prev_term) {
+            // Skip the whole conflicting term; committed entries always match.
+            let hint = (self.log.first_index_of_term_at(prev_index) - 1).max(self.commit);
+            self.send(
+                from,
+                Message::AppendRejected {
+                    prev_index,
+                    hint,
+                    last_index,
+                },
+            );
+            return;
+        }
+
+        let last_new = prev_index + entries.len() as Index;
+        let (new, cut) = self.log.merge(entries);
+        if let Some(cut) = cut {
+            assert!(
+                cut > self.commit,
+                "committed entry {cut} overwritten on {} (commit {})",
+                self.id,
+                self.commit
+            );
+            self.persisted = self.persisted.min(cut - 1);
+        }
+        if !new.is_empty() {
+            self.outputs.push(Output::Write(Write::Entries(new)));
+        }
+        // Only what this append verified may be committed: entries past it may be stale.
+        let commit = commit.min(last_new);
+        if commit > self.commit {
+            self.commit = commit;
+            self.emit_apply();
+        }
+        self.send(
+            from,
+            Message::AppendAccepted {
+                match_index: last_new,
+            },
+        );
+    }
+
+    // ---- Primary side --------------------------------------------------------------------
+
+    fn on_append_accepted(&mut self, from: NodeId, match_index: Index) {
+        let last_index = self.log.last_index();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        let Some(progress) = primary.progress.get_mut(&from) else {
+            return;
+        };
+        if match_index > last_index {
+            warn!(from = %from, match_index, "backup claims entries we never sent; ignored");
+            return;
+        }
+        if progress.accepted(match_index) {
+            self.maybe_commit();
+            self.maybe_promote_learner();
+        }
+    }
+
+    fn on_append_rejected(&mut self, from: NodeId, prev_index: Index, hint: Index) {
+        let last_index = self.log.last_index();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        if let Some(progress) = primary.progress.get_mut(&from) {
+            debug!(from = %from, prev_index, hint, "append rejected; probing back");
+            progress.rejected(prev_index, hint.min(last_index));
+        }
+    }
+
+    /// Sends every backup what it lacks, as far as its window allows.
+    fn send_appends(&mut self) {
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        let last_index = self.log.last_index();
+        let mut sends = Vec::new();
+        for (peer, progress) in primary.progress.iter_mut() {
+            while progress.next <= last_index && progress.can_send(self.opts.max_inflight) {
+                let entries = self
+                    .log
+                    .entries_from(progress.next, self.opts.max_append_entries);
+                let Some(last) = entries.last().map(|e| e.index) else {
+                    break;
+                };
+                let prev_index = progress.next - 1;
+                let prev_term = self.log.term_at(prev_index).unwrap_or_default();
+                progress.sent(last);
+                sends.push((
+                    peer.clone(),
+                    Message::Append {
+                        prev_index,
+                        prev_term,
+                        entries,
+                        commit: self.commit,
+                    },
+                ));
+            }
+        }
+        for (to, message) in sends {
+            self.send(to, message);
+        }
+    }
+
+    /// An empty append to every backup: keeps them from starting elections, carries the
+    /// commit index, and finds backups whose log fell behind.
+    fn heartbeat(&mut self) {
+        let Role::Primary(primary) = &self.role else {
+            return;
+        };
+        let beats: Vec<_> = primary
+            .progress
+            .iter()
+            .map(|(peer, progress)| {
+                let prev_index = progress.heartbeat_index();
+                let message = Message::Append {
+                    prev_index,
+                    prev_term: self.log.term_at(prev_index).unwrap_or_default(),
+                    entries: Vec::new(),
+                    commit: self.commit,
+                };
+                (peer.clone(), message)
+            })
+            .collect();
+        for (to, message) in beats {
+            self.send(to, message);
+        }
+    }
+
+    /// Commits the highest index that a majority of the members hold durably, if it is of
+    /// this term (Raft §5.4.2: older entries are committed only through it).
+    fn maybe_commit(&mut self) {
+        let Role::Primary(primary) = &self.role else {
+            return;
+        };
+        let members = self.log.config().1;
+        let mut matched: Vec<Index> = members
+            .iter()
+            .map(|member| {
+                if member == &self.id {
+                    self.persisted
+                } else {
+                    primary.progress.get(member).map_or(0, |p| p.matched)
+                }
+            })
+            .collect();
+        if matched.is_empty() {
+            return;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matched[quorum(members.len()) - 1];
+        if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
+            self.commit = quorum_index;
+            self.emit_apply();
+        }
+    }
+
+    /// Proposes a configuration adding the first learner that has caught up, once no other
+    /// configuration change is in flight and this term's first entry is committed (both
+    /// needed for single-server changes to keep majorities overlapping).
+    fn maybe_promote_learner(&mut self) {
+        let (config_index, mut members) = self.log.config();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        if config_index > self.commit || primary.term_start > self.commit {
+            return;
+        }
+        let ready = primary.learners.iter().find(|learner| {
+            primary
+                .progress
+                .get(*learner)
+                .is_some_and(|p| p.matched >= self.commit)
+        });
+        let Some(learner) = ready.cloned() else {
+            return;
+        };
+        primary.learners.remove(&learner);
+        info!(server = %learner, "server caught up; adding it to the configuration");
+        members.push(learner);
+        members.sort();
+        let entry = self.log.append(self.term, Payload::Config(members));
+        self.outputs
+            .push(Output::Write(Write::Entries(vec![entry])));
+    }
+
+    fn has_active_quorum(&mut self) -> bool {
+        let members = self.log.config().1;
+        let Role::Primary(primary) = &mut self.role else {
+            return false;
+        };
+        let active = members
+            .iter()
+            .filter(|m| {
+                *m == &self.id || primary.progress.get(*m).is_some_and(|p| p.recently_active)
+            })
+            .count();
+        for progress in primary.progress.values_mut() {
+            progress.recently_active = false;
+        }
+        active >= quorum(members.len())
+    }
+
+    // ---- Elections -----------------------------------------------------------------------
+
+    /// Asks every member whether it would vote for us, without changing any term (§9.6).
+    fn pre_campaign(&mut self) {
+        if !self.is_voter() {
+            return;
+        }
+        self.role = Role::Candidate(Candidate {
+            pre: true,
+            votes: BTreeSet::from([self.id.clone()]),
+            elapsed: 0,
+        });
+        self.reset_election_timeout();
+        self.report_role();
+        if self.has_won() {
+            self.campaign();
+            return;
+        }
+        self.ask_for_votes(self.term + 1, true);
+    }
+
+    /// A real election: a new term, our own vote, and a request to every member (§5.2).
+    fn campaign(&mut self) {
+        self.term += 1;
+        self.vote = Some(self.id.clone());
+        self.persist_hard_state();
+        self.role = Role::Candidate(Candidate {
+            pre: false,
+            votes: BTreeSet::from([self.id.clone()]),
+            elapsed: 0,
+        });
+        self.report_role();
+        info!(term = self.term, "campaigning");
+        if self.has_won() {
+            self.become_primary();
+            return;
+        }
+        self.ask_for_votes(self.term, false);
+    }
+
+    fn ask_for_votes(&mut self, term: Term, pre: bool) {
+        let message = Message::Vote {
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+            pre,
+        };
+        for member in self.members() {
+            if member != self.id {
+                self.send_with_term(member, term, message.clone());
+            }
+        }
+    }
+
+    /// A (pre-)vote request in a term at least ours (§5.2, §5.4.1).
+    fn on_vote(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term, pre: bool) {
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = if pre {
+            term > self.term && up_to_date
+        } else {
+            up_to_date && self.vote.as_ref().is_none_or(|vote| vote == &from)
+        };
+        if granted && !pre {
+            self.vote = Some(from.clone());
+            self.persist_hard_state();
+            if let Role::Backup(backup) = &mut self.role {
+                backup.idle_ticks = 0;
+            }
+        }
+        debug!(candidate = %from, term, pre, granted, "vote requested");
+        let reply_term = if pre && granted { term } else { self.term };
+        self.send_with_term(from, reply_term, Message::VoteResponse { granted, pre });
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, term: Term, granted: bool, pre: bool) {
+        let expected_term = if pre { self.term + 1 } else { self.term };
+        let is_member = self.members().contains(&from);
+        let Role::Candidate(candidate) = &mut self.role else {
+            return;
+        };
+        if candidate.pre != pre || term != expected_term || !granted || !is_member {
+            return;
+        }
+        candidate.votes.insert(from);
+        if self.has_won() {
+            if pre {
+                self.campaign();
+            } else {
+                self.become_primary();
+            }
+        }
+    }
+
+    fn has_won(&self) -> bool {
+        let Role::Candidate(candidate) = &self.role else {
+            return false;
+        };
+        let members = self.members();
+        let votes = members
+            .iter()
+            .filter(|m| candidate.votes.contains(*m))
+            .count();
+        votes >= quorum(members.len())
+    }
+
+    // ---- Transitions ---------------------------------------------------------------------
+
+    fn become_backup(&mut self, term: Term, primary: Option<NodeId>) {
+        assert!(term >= self.term, "terms never decrease");
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.persist_hard_state();
+        }
+        self.role = Role::Backup(Backup {
+            primary,
+            idle_ticks: 0,
+        });
+        self.reset_election_timeout();
+        self.report_role();
+    }
+
+    fn become_primary(&mut self) {
+        assert!(
+            matches!(self.role, Role::Candidate(Candidate { pre: false, .. })),
+            "only a candidate becomes primary"
+        );
+        let last_index = self.log.last_index();
+        let progress = self
+            .members()
+            .into_iter()
+            .filter(|m| m != &self.id)
+            .map(|m| (m, Progress::new(last_index)))
+            .collect();
+        let noop = self.log.append(self.term, Payload::Noop);
+        self.role = Role::Primary(Primary {
+            progress,
+            learners: BTreeSet::new(),
+            heartbeat_elapsed: 0,
+            quorum_elapsed: 0,
+            term_start: noop.index,
+        });
+        self.outputs.push(Output::Write(Write::Entries(vec![noop])));
+        info!(term = self.term, "elected primary");
+        self.report_role();
+    }
+
+    // ---- Helpers -------------------------------------------------------------------------
+
+    fn is_voter(&self) -> bool {
+        self.members().contains(&self.id)
+    }
+
+    /// Whether a primary was heard from within the minimum election timeout.
+    fn in_lease(&self) -> bool {
+        match &self.role {
+            Role::Primary(_) => true,
+            Role::Backup(backup) => {
+                backup.primary.is_some() && backup.idle_ticks < self.opts.election_ticks
+            }
+            Role::Candidate(_) => false,
+        }
+    }
+
+    fn reset_election_timeout(&mut self) {
+        let min = self.opts.election_ticks.max(1);
+        self.election_timeout = self.rng.random_range(min..2 * min);
+    }
+
+    fn emit_apply(&mut self) {
+        if self.commit > self.applied {
+            let entries = self.log.range(self.applied + 1, self.commit);
+            self.applied = self.commit;
+            self.outputs.push(Output::Apply(entries));
+        }
+    }
+
+    fn persist_hard_state(&mut self) {
+        self.outputs.push(Output::Write(Write::HardState(HardState {
+            term: self.term,
+            vote: self.vote.clone(),
+        })));
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.send_with_term(to, self.term, message);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, message: Message) {
+        self.outputs.push(Output::Send(Envelope {
+            from: self.id.clone(),
+            to,
+            term,
+            message,
+        }));
+    }
+
+    fn role_report(&self) -> (RoleKind, Term, Option<NodeId>) {
+        let kind = match &self.role {
+            Role::Primary(_) => RoleKind::Primary,
+            Role::Candidate(_) => RoleKind::Candidate,
+            Role::Backup(_) if !self.is_voter() => RoleKind::Joining,
+            Role::Backup(_) => RoleKind::Backup,
+        };
+        (kind, self.term, self.primary())
+    }
+
+    fn report_role(&mut self) {
+        let report = self.role_report();
+        if report != self.reported {
+            self.reported = report.clone();
+            let (role, term, primary) = report;
+            self.outputs.push(Output::RoleChanged {
+                role,
+                term,
+                primary,
+            });
+        }
+    }
+}
+
+/// The size of a majority of `members` servers.
+fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// Rejects messages no correct peer sends, so that a bad peer cannot trip an assertion.
+fn validate(env: &Envelope) -> std::result::Result<(), &'static str> {
+    if let Message::Append {
+        prev_index,
+        entries,
+        ..
+    } = &env.message
+    {
+        let contiguous = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == prev_index + 1 + i as Index);
+        if !contiguous {
+            return Err("append entries are not contiguous after prev_index");
+        }
+        if entries.iter().any(|e| e.term > env.term) {
+            return Err("append carries entries from a future term");
+        }
+    }
+    Ok(())
+}

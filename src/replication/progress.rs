@@ -1,0 +1,166 @@
+//! What the primary knows about one backup's log, and how many appends it may have in flight
+//! to it. Appends are pipelined: the primary sends the next batch without waiting for the
+//! answer to the last, up to a window; a rejection or a long silence drops back to probing
+//! one append at a time from the last index known to match.
+
+use std::collections::VecDeque;
+
+use super::message::Index;
+
+/// Replication progress of one backup (or joining server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The next index to send.
+    pub next: Index,
+    /// The highest index known to match the primary's log and be durable on the backup.
+    pub matched: Index,
+    /// The last index of each append in flight, oldest first.
+    inflight: VecDeque<Index>,
+    /// Probing: one append at a time until the first acceptance shows where the logs match.
+    probing: bool,
+    /// Ticks since the backup last answered while appends were in flight.
+    stalled_ticks: u32,
+    /// Whether the backup answered since the last quorum check.
+    pub recently_active: bool,
+}
+
+impl Progress {
+    /// Progress of a backup whose log is unknown: start probing right after our last entry.
+    pub fn new(last_index: Index) -> Progress {
+        Progress {
+            next: last_index + 1,
+            matched: 0,
+            inflight: VecDeque::new(),
+            probing: true,
+            stalled_ticks: 0,
+            recently_active: true,
+        }
+    }
+
+    /// Whether another append may be sent now.
+    pub fn can_send(&self, max_inflight: usize) -> bool {
+        let window = if self.probing { 1 } else { max_inflight };
+        self.inflight.len() < window
+    }
+
+    /// Where a heartbeat should claim the logs match. With nothing in flight it is the
+    /// point just before `next`, so a heartbeat doubles as a probe (a backup that lacks it
+    /// rejects and says where it stands). With appends in flight it is the last known match,
+    /// which the backup surely holds, so the heartbeat does not look like a gap.
+    pub fn heartbeat_index(&self) -> Index {
+        if self.inflight.is_empty() {
+            self.next - 1
+        } else {
+            self.matched
+        }
+    }
+
+    /// Records an append ending at `last` as sent.
+    pub fn sent(&mut self, last: Index) {
+        self.inflight.push_back(last);
+        self.next = last + 1;
+    }
+
+    /// The backup accepted everything up to `index`. Returns whether `matched` advanced.
+    pub fn accepted(&mut self, index: Index) -> bool {
+        self.heard();
+        self.probing = false;
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+        self.next = self.next.max(index + 1);
+        if index > self.matched {
+            self.matched = index;
+            return true;
+        }
+        false
+    }
+
+    /// The backup rejected an append at `prev_index`; resume probing after `hint`.
+    /// A stale rejection (of something already known to match) is ignored.
+    pub fn rejected(&mut self, prev_index: Index, hint: Index) {
+        self.heard();
+        if prev_index < self.matched {
+            return;
+        }
+        self.probing = true;
+        self.inflight.clear();
+        self.next = hint.max(self.matched) + 1;
+    }
+
+    /// One clock tick. After `limit` ticks of silence with appends in flight they are taken
+    /// as lost and probing starts again from the last match.
+    pub fn tick(&mut self, limit: u32) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        self.stalled_ticks += 1;
+        if self.stalled_ticks >= limit {
+            self.inflight.clear();
+            self.probing = true;
+            self.next = self.matched + 1;
+            self.stalled_ticks = 0;
+        }
+    }
+
+    fn heard(&mut self) {
+        self.stalled_ticks = 0;
+        self.recently_active = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pipelining: after the first acceptance several appends may be in flight; acceptances
+    /// free the window in order.
+    #[test]
+    fn window_opens_after_the_first_acceptance() {
+        let mut p = Progress::new(0);
+        assert!(p.can_send(4));
+        p.sent(5);
+        assert!(!p.can_send(4), "probing sends one append at a time");
+        p.accepted(5);
+        for last in [10, 15, 20, 25] {
+            assert!(p.can_send(4));
+            p.sent(last);
+        }
+        assert!(!p.can_send(4));
+        p.accepted(15);
+        assert_eq!(p.matched, 15);
+        assert!(p.can_send(4));
+        assert_eq!(p.next, 26);
+    }
+
+    /// A rejection drops the window and restarts from the hint, never below the match.
+    #[test]
+    fn rejection_restarts_probing_from_the_hint() {
+        let mut p = Progress::new(10);
+        p.accepted(3);
+        p.sent(8);
+        p.rejected(8, 5);
+        assert_eq!(p.next, 6);
+        assert!(
+            p.can_send(4) && {
+                p.sent(7);
+                !p.can_send(4)
+            }
+        );
+        p.rejected(2, 0); // stale: index 2 is known to match
+        assert_eq!(p.next, 8);
+    }
+
+    /// Lost appends do not stall a backup forever.
+    #[test]
+    fn silence_with_appends_in_flight_restarts_from_the_match() {
+        let mut p = Progress::new(0);
+        p.accepted(4);
+        p.sent(9);
+        for _ in 0..3 {
+            p.tick(3);
+        }
+        assert_eq!(p.next, 5);
+        assert!(p.can_send(4));
+    }
+}

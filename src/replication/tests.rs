@@ -1,0 +1,324 @@
+//! Scenario tests of the replication core: a few nodes wired by a hand-driven network in
+//! which the test decides which message arrives, when, and how often.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+
+/// A hand-driven cluster: messages wait in `queue` until the test delivers them; writes are
+/// durable at once; applied entries are recorded per node.
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    queue: VecDeque<Envelope>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    writes: BTreeMap<NodeId, usize>,
+}
+
+fn id(n: usize) -> NodeId {
+    format!("n{n}")
+}
+
+impl Cluster {
+    /// `size` nodes that share a first configuration holding all of them.
+    fn new(size: usize) -> Cluster {
+        let members: Vec<NodeId> = (1..=size).map(id).collect();
+        let config = Entry {
+            term: 0,
+            index: 1,
+            payload: Payload::Config(members.clone()),
+        };
+        let opts = Options {
+            heartbeat_ticks: 1,
+            election_ticks: 10,
+            max_append_entries: 64,
+            max_inflight: 4,
+        };
+        let nodes = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let node = Node::new(
+                    m.clone(),
+                    HardState::default(),
+                    vec![config.clone()],
+                    opts.clone(),
+                    i as u64,
+                );
+                (m.clone(), node)
+            })
+            .collect();
+        Cluster {
+            nodes,
+            queue: VecDeque::new(),
+            applied: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn node(&mut self, n: usize) -> &mut Node {
+        self.nodes.get_mut(&id(n)).expect("node exists")
+    }
+
+    /// Carries out a node's outputs: writes are durable at once, messages are queued.
+    fn drain(&mut self, who: &NodeId) {
+        let node = self.nodes.get_mut(who).expect("node exists");
+        let mut durable = None;
+        for output in node.ready() {
+            match output {
+                Output::Write(Write::Entries(entries)) => {
+                    *self.writes.entry(who.clone()).or_default() += 1;
+                    let last = entries.last().expect("writes are never empty");
+                    durable = Some((last.index, last.term));
+                }
+                Output::Write(Write::HardState(_)) | Output::RoleChanged { .. } => {}
+                Output::Send(env) => self.queue.push_back(env),
+                Output::Apply(entries) => {
+                    let applied = self.applied.entry(who.clone()).or_default();
+                    for entry in entries {
+                        if let Some(last) = applied.last() {
+                            assert_eq!(entry.index, last.index + 1, "applied out of order");
+                        }
+                        applied.push(entry);
+                    }
+                }
+            }
+        }
+        if let Some((index, term)) = durable {
+            node.persisted(index, term);
+            // Committing may have produced more outputs.
+            self.drain(who);
+        }
+    }
+
+    /// Delivers one queued message.
+    fn deliver(&mut self, env: Envelope) {
+        let to = env.to.clone();
+        self.nodes.get_mut(&to).expect("node exists").step(env);
+        self.drain(&to);
+    }
+
+    /// Delivers every queued message, and the answers they cause, until the network is quiet.
+    fn deliver_all(&mut self) {
+        while let Some(env) = self.queue.pop_front() {
+            self.deliver(env);
+        }
+    }
+
+    /// Takes the queued messages to `n` out of the network.
+    fn take_to(&mut self, n: usize) -> Vec<Envelope> {
+        let queue = std::mem::take(&mut self.queue);
+        let (to_n, rest): (Vec<_>, Vec<_>) = queue.into_iter().partition(|e| e.to == id(n));
+        self.queue = rest.into();
+        to_n
+    }
+
+    /// Ticks node `n` until it is primary, delivering everything on the way.
+    fn elect(&mut self, n: usize) {
+        for _ in 0..100 {
+            if self.node(n).is_primary() {
+                self.deliver_all();
+                return;
+            }
+            self.node(n).tick();
+            self.drain(&id(n));
+            self.deliver_all();
+        }
+        panic!("n{n} was not elected");
+    }
+
+    fn propose(&mut self, n: usize, command: &[u8]) -> Index {
+        let index = self
+            .node(n)
+            .propose(command.to_vec())
+            .expect("n is primary");
+        self.drain(&id(n));
+        index
+    }
+
+    fn commit_index(&mut self, n: usize) -> Index {
+        self.node(n).status().commit_index
+    }
+
+    fn applied_commands(&self, n: usize) -> Vec<Vec<u8>> {
+        self.applied
+            .get(&id(n))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match &e.payload {
+                Payload::Command(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Raft §5.3/§5.4: an entry is committed only once a majority of the members hold it
+/// durably; the primary's own copy counts as one.
+#[test]
+fn entry_commits_only_after_a_majority_has_it() {
+    for (size, needed_backups) in [(3, 1), (5, 2)] {
+        let mut c = Cluster::new(size);
+        c.elect(1);
+        let index = c.propose(1, b"hello");
+        assert!(
+            c.commit_index(1) < index,
+            "committed on the primary's copy alone"
+        );
+
+        let mut acks = Vec::new();
+        for backup in 2..=size {
+            for env in c.take_to(backup) {
+                c.deliver(env);
+            }
+        }
+        // Every backup now holds the entry; hand the primary their acknowledgements one by one.
+        acks.extend(c.queue.drain(..));
+        for (received, ack) in acks.into_iter().enumerate() {
+            assert!(
+                c.commit_index(1) < index,
+                "{size} servers: committed after {received} acknowledgements"
+            );
+            c.deliver(ack);
+            if received + 1 == needed_backups {
+                assert_eq!(c.commit_index(1), index, "{size} servers: majority reached");
+                break;
+            }
+        }
+        assert_eq!(c.applied_commands(1), vec![b"hello".to_vec()]);
+    }
+}
+
+/// A backup that misses an append does not apply the next one out of order: it rejects it,
+/// and the primary sends the missing entries.
+#[test]
+fn backup_with_a_gap_asks_for_the_missing_entries() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"one");
+    let lost = c.take_to(2);
+    assert_eq!(lost.len(), 1, "one append to n2 in flight");
+    c.deliver_all(); // n3 acknowledges; "one" commits
+    c.propose(1, b"two");
+    let last_before = c.node(2).status().last_index;
+
+    // n2 receives "two" without "one": it must refuse, not apply or store it.
+    let gap = c.take_to(2);
+    for env in gap {
+        c.deliver(env);
+    }
+    assert_eq!(
+        c.node(2).status().last_index,
+        last_before,
+        "stored past a gap"
+    );
+    let rejection = c
+        .queue
+        .iter()
+        .find(|e| e.from == id(2))
+        .expect("n2 answers");
+    assert!(
+        matches!(rejection.message, Message::AppendRejected { .. }),
+        "n2 rejects the append after the gap: {rejection:?}"
+    );
+
+    // The primary probes back and n2 ends up with both, in order.
+    c.deliver_all();
+    c.node(1).tick();
+    c.drain(&id(1));
+    c.deliver_all();
+    assert_eq!(
+        c.applied_commands(2),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    assert_eq!(c.node(2).status().last_index, c.node(1).status().last_index);
+}
+
+/// The same append delivered twice changes nothing the second time: no write, no second
+/// application, and the same acknowledgement.
+#[test]
+fn duplicate_append_is_harmless() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"once");
+    let appends = c.take_to(2);
+    assert_eq!(appends.len(), 1);
+    c.deliver(appends[0].clone());
+    let writes = c.writes[&id(2)];
+    let first_answer = c.queue.pop_back().expect("n2 answers");
+    c.deliver(appends[0].clone());
+    let second_answer = c.queue.pop_back().expect("n2 answers again");
+    assert_eq!(first_answer, second_answer);
+    c.queue.push_back(first_answer);
+    assert_eq!(c.writes[&id(2)], writes, "the duplicate was written again");
+
+    c.deliver_all();
+    c.node(1).tick();
+    c.drain(&id(1));
+    c.deliver_all();
+    c.deliver(appends[0].clone()); // and once more, after it was applied
+    c.deliver_all();
+    assert_eq!(c.applied_commands(2), vec![b"once".to_vec()]);
+}
+
+/// Raft §5.2: one primary per term; the others follow it and learn who it is.
+#[test]
+fn election_makes_one_primary_that_every_backup_knows() {
+    let mut c = Cluster::new(3);
+    c.elect(2);
+    let term = c.node(2).term();
+    for n in [1, 3] {
+        let status = c.node(n).status();
+        assert_eq!(status.role, RoleKind::Backup);
+        assert_eq!(status.term, term);
+        assert_eq!(status.primary, Some(id(2)));
+    }
+}
+
+/// A proposal to a backup is refused with the primary's name, so the caller can redirect.
+#[test]
+fn backup_refuses_proposals_and_names_the_primary() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let err = c.node(2).propose(b"x".to_vec()).unwrap_err();
+    assert_eq!(err, crate::Error::NotPrimary { primary: id(1) });
+}
+
+/// Membership: a joining server catches up as a learner, then a configuration entry makes it
+/// a member on every server.
+#[test]
+fn learner_becomes_a_member_once_caught_up() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"before the join");
+    c.deliver_all();
+    let joiner = id(4);
+    let empty = Node::new(
+        joiner.clone(),
+        HardState::default(),
+        Vec::new(),
+        Options::default(),
+        9,
+    );
+    c.nodes.insert(joiner.clone(), empty);
+    assert_eq!(c.node(4).status().role, RoleKind::Joining);
+
+    c.node(1)
+        .add_learner(joiner.clone())
+        .expect("n1 is primary");
+    c.drain(&id(1));
+    for _ in 0..5 {
+        c.deliver_all();
+        c.node(1).tick();
+        c.drain(&id(1));
+    }
+    c.deliver_all();
+    for n in 1..=4 {
+        assert_eq!(
+            c.node(n).members(),
+            vec![id(1), id(2), id(3), id(4)],
+            "on n{n}"
+        );
+    }
+    assert_eq!(c.node(4).status().role, RoleKind::Backup);
+    assert_eq!(c.applied_commands(4), vec![b"before the join".to_vec()]);
+}
