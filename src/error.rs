@@ -99,11 +99,24 @@ impl Error {
         }
     }
 
+    /// The message for a person, without the code in front.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::BadRequest(m)
+            | Error::Unauthorized(m)
+            | Error::Forbidden(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m)
+            | Error::Unavailable(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The body of the error answer.
     pub fn to_body(&self) -> ErrorBody {
         ErrorBody {
             error: self.code().to_string(),
-            message: self.to_string(),
+            message: self.detail(),
             primary: match self {
                 Error::NotPrimary { primary } => Some(primary.clone()),
                 _ => None,

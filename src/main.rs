@@ -3,6 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// understudy: a primary-backup replication service with quorum elections.
 #[derive(Parser, Debug)]
@@ -14,14 +15,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a server: start a new cluster, join one, or resume from the data dir.
+    Server(cli::server::ServerArgs),
     /// Talk to a cluster as a client: register, log in, send and read messages.
     Client(cli::client::ClientArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Diagnostics go to stderr; stdout carries only what a command prints for its user (for a
+    // server: one line per applied message).
+    let default_level = match cli.command {
+        Command::Server(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .init();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Server(args) => runtime.block_on(cli::server::run(args)),
         Command::Client(args) => runtime.block_on(cli::client::run(args)),
     }
 }

@@ -1,3 +1,4 @@
 //! The subcommands of the binary, one file each.
 
 pub mod client;
+pub mod server;

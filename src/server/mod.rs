@@ -1,1 +1,225 @@
-//! The server: HTTP endpoints, peer transport and the driver around the replication core.
+//! The server: the drivers around the replication core.
+//!
+//! ```text
+//!   HTTP (axum) ──commands──▶ driver task ──writes+gated sends──▶ storage worker ──▶ disk
+//!        ▲                     │  owns Node + app State                │ fsync, then
+//!        └──── answers ◀───────┘  ▲ ticks   ▲ persisted ◀──────────────┘ sends
+//!                                 │         │
+//!   peers (HTTP, one sender task per peer) ◀── appends
+//! ```
+//!
+//! [`run`] binds the listener, recovers the log from the data dir, and serves until the
+//! shutdown token is cancelled.
+
+mod auth;
+mod client_api;
+mod credentials;
+mod driver;
+mod join;
+mod notify;
+mod peer_api;
+mod peers;
+mod persist;
+mod read_api;
+mod response;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{any, get, post};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use auth::{AUTH_HEADER, ClusterSecret};
+pub use credentials::LoginLimiter;
+
+use crate::api::MAX_BODY_BYTES;
+use crate::client::http::HttpClient;
+use crate::error::{Error, Result};
+use crate::replication::{Node, NodeId, Options};
+use crate::storage::{LogStore, load_identity, save_identity};
+use driver::{Driver, DriverHandle};
+use notify::Notifier;
+use peers::Peers;
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address to listen on.
+    pub listen: String,
+    /// The address other servers and clients use to reach this one; its name in the cluster.
+    /// Defaults to the listening address.
+    pub advertise: Option<String>,
+    /// Where the log and the server's identity live.
+    pub data_dir: PathBuf,
+    /// The shared secret that authenticates peers.
+    pub secret: ClusterSecret,
+    /// Members to ask to join; empty to start a new cluster.
+    pub join: Vec<String>,
+    /// How often the primary sends heartbeats.
+    pub heartbeat: Duration,
+    /// The least time without a primary before a backup starts an election.
+    pub election_timeout: Duration,
+}
+
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Default election timeout (lower bound; the actual one is random in `[T, 2T)`).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub id: NodeId,
+    pub driver: DriverHandle,
+    pub login_limiter: Arc<LoginLimiter>,
+}
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|err| Error::Io(format!("cannot listen on {}: {err}", config.listen)))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 and read the port first).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let (store, recovered) = LogStore::open(&config.data_dir)?;
+    let id = match load_identity(&config.data_dir)? {
+        Some(id) => {
+            if id != advertise {
+                warn!(stored = %id, advertise = %advertise, "keeping the identity stored in the data dir");
+            }
+            id
+        }
+        None => {
+            save_identity(&config.data_dir, &advertise)?;
+            advertise
+        }
+    };
+
+    let fresh = recovered.entries.is_empty();
+    let (tick, options) = timing(config.heartbeat, config.election_timeout);
+    let mut node = Node::new(
+        id.clone(),
+        recovered.hard_state,
+        recovered.entries,
+        options,
+        rand::random(),
+    );
+    if fresh && config.join.is_empty() {
+        info!(%id, "starting a new cluster");
+        node.bootstrap();
+    } else if !fresh && !config.join.is_empty() {
+        info!("resuming from the data dir; --join is ignored");
+    }
+
+    let http = HttpClient::new();
+    let peers = Peers::new(http.clone(), config.secret.clone(), shutdown.clone());
+    let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
+    let storage = persist::spawn(store, peers.clone(), persisted_tx)?;
+    let printer = driver::spawn_printer()?;
+    let notifier = Notifier::new(id.clone(), http.clone(), config.secret.clone());
+    let driver = Driver::new(node, storage, peers, notifier, printer);
+    let (handle, commands) = Driver::channel();
+    let app = AppState {
+        id: id.clone(),
+        driver: handle,
+        login_limiter: Arc::new(LoginLimiter::default()),
+    };
+
+    if fresh && !config.join.is_empty() {
+        tokio::spawn(join::join_cluster(
+            id.clone(),
+            config.join.clone(),
+            http.clone(),
+            config.secret.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let service =
+        router(app, config.secret.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(server_shutdown.cancelled_owned())
+            .await
+    });
+    info!(%id, listen = %local, "serving");
+
+    let driven = driver
+        .run(commands, persisted_rx, tick, shutdown.clone())
+        .await;
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => error!(%err, "HTTP server failed"),
+        Ok(Err(err)) => error!(%err, "HTTP server task failed"),
+        Err(_) => warn!("open connections did not close in time"),
+    }
+    driven
+}
+
+/// The routes of a server.
+pub fn router(app: AppState, secret: ClusterSecret) -> Router {
+    // Every path under /replication, existing or not, is behind the cluster secret.
+    let peer = Router::new()
+        .route("/replication/messages", post(peer_api::messages))
+        .route("/replication/init-backup", post(peer_api::init_backup))
+        .route("/replication/set-backups", post(peer_api::set_backups))
+        .route("/replication", any(response::not_found))
+        .route("/replication/{*rest}", any(response::not_found))
+        .layer(middleware::from_fn_with_state(
+            secret,
+            auth::require_peer_auth,
+        ))
+        .layer(DefaultBodyLimit::max(auth::MAX_PEER_BODY_BYTES));
+    Router::new()
+        .route("/client/init", post(client_api::init))
+        .route("/client/register", post(client_api::register))
+        .route("/client/auth", post(client_api::auth))
+        .route("/client/demo-message", post(client_api::demo_message))
+        .route("/client/logout", post(client_api::logout))
+        .route("/status", get(read_api::status))
+        .route("/clients", get(read_api::clients))
+        .route("/messages", get(read_api::messages))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(peer)
+        .fallback(response::not_found)
+        .method_not_allowed_fallback(response::method_not_allowed)
+        .layer(middleware::from_fn(response::add_location))
+        .with_state(app)
+}
+
+/// The tick length and the protocol's timing in ticks. A tick of 10 ms (finer for very short
+/// heartbeats) keeps timers precise to a few percent at the defaults.
+fn timing(heartbeat: Duration, election_timeout: Duration) -> (Duration, Options) {
+    let tick = Duration::from_millis(10)
+        .min(heartbeat / 2)
+        .max(Duration::from_millis(1));
+    let ticks = |d: Duration| (d.as_micros() / tick.as_micros().max(1)) as u32;
+    let options = Options {
+        heartbeat_ticks: ticks(heartbeat).max(1),
+        election_ticks: ticks(election_timeout).max(2),
+        ..Options::default()
+    };
+    (tick, options)
+}

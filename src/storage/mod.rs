@@ -1,1 +1,74 @@
-//! Durable storage of the replication log.
+//! Durable storage in the data directory (`--data-dir`): the replication log and the server's
+//! identity.
+//!
+//! The replication core does no I/O. It hands the driver [`Write`](crate::replication::Write)s
+//! (a new term and vote, or entries to append after dropping a conflicting suffix) and holds
+//! back every message that depends on them until the driver reports them durable. This module
+//! is where "durable" happens: the driver appends each write with [`LogStore::write`], then
+//! calls [`LogStore::sync`] once for the whole batch (group commit), and only then lets the
+//! dependent messages go.
+//!
+//! Layout of the data directory:
+//!
+//! | file       | contents                                          | written by          |
+//! |------------|---------------------------------------------------|---------------------|
+//! | `log`      | every write, in order, as checksummed records     | [`LogStore`]        |
+//! | `identity` | the server's advertised address                   | [`save_identity`]   |
+//!
+//! What is guaranteed, and what is not:
+//!
+//! - Once `sync` returns, every earlier write survives a crash or a power loss.
+//! - A write that was never synced may survive, vanish, or leave a torn record at the end of
+//!   the log. Replay discards a torn record; the core never relied on it.
+//! - Damage anywhere else (a flipped bit in the middle, a foreign file) is reported as
+//!   [`Error::Corrupt`] and the server refuses to start: a server that
+//!   forgot a vote or an acknowledged entry could break the protocol's safety, so a wrong log
+//!   is worse than no server.
+
+mod identity;
+mod record;
+mod wal;
+
+pub use identity::{load_identity, save_identity};
+pub use record::{MAX_RECORD_LEN, Recovered};
+pub use wal::LogStore;
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use crate::Error;
+
+/// Wraps an I/O error with what was being done and to which path, so an operator reading
+/// the error knows which file to look at.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    move |err| Error::Io(format!("{action} {}: {err}", path.display()))
+}
+
+/// Makes the directory entries in `dir` durable. A newly created or renamed file is only
+/// reachable after a power loss if the directory that names it was synced too.
+fn sync_dir(dir: &Path) -> crate::Result<()> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error("syncing directory", dir))
+}
+
+/// Creates `dir` and any missing parents, syncing each parent after the child appears in it,
+/// for the same reason as [`sync_dir`]: a data directory that vanishes on power loss would
+/// take the synced log with it.
+fn create_dir_durable(dir: &Path) -> crate::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Created by somebody else meanwhile: it exists, which is all we need.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(err) => return Err(io_error("creating directory", dir)(err)),
+    }
+    sync_dir(parent.unwrap_or(Path::new(".")))
+}

@@ -1,0 +1,97 @@
+//! `understudy server`: runs one server until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use understudy::server::{self, ClusterSecret, Config};
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on, HOST:PORT.
+    #[arg(long)]
+    listen: String,
+    /// Directory for the log and the server's identity (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// File holding the cluster secret (at least 16 bytes; surrounding white space ignored).
+    #[arg(long, required_unless_present = "cluster_secret")]
+    cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, instead of a file.
+    #[arg(
+        long = "cluster-secret",
+        env = "UNDERSTUDY_CLUSTER_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    cluster_secret: Option<String>,
+    /// Address others use to reach this server (its name in the cluster); defaults to --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Members of an existing cluster to join, HOST:PORT[,HOST:PORT...]; ignored once the
+    /// data dir holds a log.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Heartbeat interval of the primary, in milliseconds.
+    #[arg(long, default_value_t = server::DEFAULT_HEARTBEAT_MS)]
+    heartbeat_ms: u64,
+    /// Least time without a primary before an election, in milliseconds (the actual timeout
+    /// is random between this and twice this).
+    #[arg(long, default_value_t = server::DEFAULT_ELECTION_TIMEOUT_MS)]
+    election_timeout_ms: u64,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let secret_text = match (&args.cluster_secret_file, &args.cluster_secret) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?,
+        (None, Some(secret)) => secret.clone(),
+        (None, None) => anyhow::bail!("give --cluster-secret-file or UNDERSTUDY_CLUSTER_SECRET"),
+    };
+    let secret = ClusterSecret::new(&secret_text)?;
+    anyhow::ensure!(args.heartbeat_ms > 0, "--heartbeat-ms must be positive");
+    anyhow::ensure!(
+        args.election_timeout_ms >= 2 * args.heartbeat_ms,
+        "--election-timeout-ms must be at least twice --heartbeat-ms"
+    );
+    let config = Config {
+        listen: args.listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        secret,
+        join: args.join,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        election_timeout: Duration::from_millis(args.election_timeout_ms),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    server::run(config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

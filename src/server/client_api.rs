@@ -1,0 +1,226 @@
+//! The client endpoints: `client/init`, `register`, `auth`, `demo-message`, `logout`.
+//!
+//! Each handler checks its input, does the primary's own work (hashing, token making,
+//! password checking) *before* proposing, and proposes a command that carries only results:
+//! backups never see a password or a token. Cheap checks against the applied state come
+//! first so that a bad request changes nothing and costs no log entry; `apply` checks again
+//! deterministically, since the state may move between the check and the commit.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+
+use super::AppState;
+use super::credentials::{hash_password, new_client_id, new_token, token_hash, verify_password};
+use super::response::JsonBody;
+use crate::api::{
+    AuthRequest, AuthResponse, DemoMessageRequest, DemoMessageResponse, InitRequest, InitResponse,
+    LogoutRequest, RegisterRequest, RegisterResponse, validate_message, validate_password,
+    validate_port, validate_seq, validate_username,
+};
+use crate::app::{Command, Outcome, Rejection, Request};
+use crate::error::{Error, Result};
+
+/// `POST /client/init`: registers the client's notification address.
+pub async fn init(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<InitRequest>,
+) -> Result<Json<InitResponse>> {
+    let port = validate_port(body.port)?;
+    let client_id = new_client_id();
+    let command = Command::InitClient {
+        client_id: client_id.clone(),
+        address: SocketAddr::new(peer.ip(), port).to_string(),
+    };
+    match propose(&app, peer, command).await? {
+        Outcome::ClientAdded { client_id } => Ok(Json(InitResponse {
+            client_id,
+            primary: app.id.clone(),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /client/register`: a new user; the password is hashed here, on the primary.
+pub async fn register(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>)> {
+    validate_username(&body.username)?;
+    validate_password(&body.password)?;
+    let username = body.username.clone();
+    app.driver
+        .query(move |view| {
+            if !view.node.is_primary() {
+                return Err(view.node.not_primary());
+            }
+            if view.state.username_taken(&username) {
+                return Err(Error::Conflict(format!("username {username} is taken")));
+            }
+            Ok(())
+        })
+        .await??;
+    let password_hash = hash_password(body.password).await?;
+    let command = Command::Register {
+        username: body.username,
+        password_hash,
+    };
+    match propose(&app, peer, command).await? {
+        Outcome::Registered { username } => {
+            Ok((StatusCode::CREATED, Json(RegisterResponse { username })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /client/auth`: checks the password and opens a session with a fresh token.
+pub async fn auth(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<AuthRequest>,
+) -> Result<Json<AuthResponse>> {
+    validate_username(&body.username)?;
+    validate_password(&body.password)?;
+    app.login_limiter.check(&body.username, Instant::now())?;
+    let (client_id, username) = (body.client_id.clone(), body.username.clone());
+    let stored = app
+        .driver
+        .query(move |view| {
+            if !view.node.is_primary() {
+                return Err(view.node.not_primary());
+            }
+            if !view.state.client_exists(&client_id) {
+                return Err(Error::NotFound(format!("no client {client_id}")));
+            }
+            Ok(view.state.password_hash(&username).map(str::to_string))
+        })
+        .await??;
+    if !verify_password(body.password, stored).await? {
+        app.login_limiter.failed(&body.username, Instant::now());
+        return Err(Error::Unauthorized(
+            "wrong username or password".to_string(),
+        ));
+    }
+    app.login_limiter.succeeded(&body.username);
+    let token = new_token();
+    let command = Command::Login {
+        client_id: body.client_id,
+        username: body.username,
+        token_hash: token_hash(&token),
+    };
+    match propose(&app, peer, command).await? {
+        Outcome::LoggedIn => Ok(Json(AuthResponse { token })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /client/demo-message`: puts a message on the board, at most once per `seq`.
+pub async fn demo_message(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<DemoMessageRequest>,
+) -> Result<Json<DemoMessageResponse>> {
+    let token_hash = token_hash(&bearer(&headers)?);
+    validate_seq(body.seq)?;
+    validate_message(&body.message)?;
+    let (client_id, hash, seq, text) = (
+        body.client_id.clone(),
+        token_hash.clone(),
+        body.seq,
+        body.message.clone(),
+    );
+    let retry = app
+        .driver
+        .query(move |view| {
+            if !view.node.is_primary() {
+                return Err(view.node.not_primary());
+            }
+            view.state
+                .check_message(&client_id, &hash, seq, &text)
+                .map_err(Rejection::into_error)
+        })
+        .await??;
+    if let Some(index) = retry {
+        // A retry of a message already applied: the same answer, nothing stored.
+        return Ok(Json(DemoMessageResponse { index }));
+    }
+    let command = Command::Message {
+        client_id: body.client_id,
+        token_hash,
+        seq: body.seq,
+        text: body.message,
+    };
+    match propose(&app, peer, command).await? {
+        Outcome::Posted { index } => Ok(Json(DemoMessageResponse { index })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /client/logout`: ends the session; the client stays listed.
+pub async fn logout(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LogoutRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let token_hash = token_hash(&bearer(&headers)?);
+    let (client_id, hash) = (body.client_id.clone(), token_hash.clone());
+    app.driver
+        .query(move |view| {
+            if !view.node.is_primary() {
+                return Err(view.node.not_primary());
+            }
+            if !view.state.client_exists(&client_id) {
+                return Err(Error::NotFound(format!("no client {client_id}")));
+            }
+            if !view.state.session_valid(&client_id, &hash) {
+                return Err(Error::Unauthorized(
+                    "not logged in with this token".to_string(),
+                ));
+            }
+            Ok(())
+        })
+        .await??;
+    let command = Command::Logout {
+        client_id: body.client_id,
+        token_hash,
+    };
+    match propose(&app, peer, command).await? {
+        Outcome::LoggedOut => Ok(Json(serde_json::json!({}))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Proposes a command from the client at `peer` and waits for its outcome; a rejection by
+/// `apply` becomes the matching error.
+async fn propose(app: &AppState, peer: SocketAddr, command: Command) -> Result<Outcome> {
+    let request = Request {
+        origin: peer.to_string(),
+        command,
+    };
+    match app.driver.propose(request).await? {
+        Outcome::Rejected(rejection) => Err(rejection.into_error()),
+        outcome => Ok(outcome),
+    }
+}
+
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Result<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthorized("missing bearer token".to_string()))
+}
+
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Internal(format!("unexpected outcome {outcome:?}"))
+}

@@ -1,0 +1,380 @@
+//! The driver: one task that owns the replication node and the application state.
+//!
+//! Everything that touches the node goes through this task: HTTP handlers send it a
+//! [`Command`] and await the answer on a oneshot, the ticker ticks it, the storage worker
+//! reports what is durable. After each event it drains the node's outputs: writes go to the
+//! storage worker (with the messages that must wait for them), appends go straight to the
+//! peers, committed entries are applied here, and the answers go back to waiting handlers.
+//! Nobody locks the node, and nothing here waits on disk or on the network.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::notify::Notifier;
+use super::peers::Peers;
+use super::persist::{Batch, Persisted};
+use crate::api::{InitBackupResponse, SetBackupsRequest};
+use crate::app::{Outcome, Request, State};
+use crate::error::{Error, Result};
+use crate::replication::{
+    Entry, Envelope, Index, Message, Node, NodeId, Output, Payload, RoleKind, Term,
+};
+
+/// Requests to the driver.
+pub enum Command {
+    /// Replicate a change; answered with its outcome once committed and applied.
+    Propose {
+        request: Request,
+        reply: oneshot::Sender<Result<Outcome>>,
+    },
+    /// Run a read against the current node and state.
+    Query(Box<dyn FnOnce(&View<'_>) + Send>),
+    /// Protocol messages from peers.
+    Deliver(Vec<Envelope>),
+    /// A server asks to join; answered once a configuration holding it is applied.
+    Join {
+        id: NodeId,
+        reply: oneshot::Sender<Result<InitBackupResponse>>,
+    },
+    /// The primary told us the list of backups.
+    SetBackups(SetBackupsRequest),
+}
+
+/// What a query sees.
+pub struct View<'a> {
+    pub node: &'a Node,
+    pub state: &'a State,
+    pub applied: Index,
+}
+
+/// The handlers' side of the driver. Cheap to clone.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl DriverHandle {
+    async fn send(&self, command: Command) -> Result<()> {
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".to_string()))
+    }
+
+    /// Proposes a change and waits for its outcome.
+    pub async fn propose(&self, request: Request) -> Result<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Propose { request, reply }).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// Runs `read` against the node and the applied state.
+    pub async fn query<T, F>(&self, read: F) -> Result<T>
+    where
+        F: FnOnce(&View<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let query = move |view: &View<'_>| {
+            let _ = reply.send(read(view));
+        };
+        self.send(Command::Query(Box::new(query))).await?;
+        answer.await.map_err(|_| shutting_down())
+    }
+
+    /// Hands protocol messages to the node (does not wait for them to be processed).
+    pub async fn deliver(&self, envelopes: Vec<Envelope>) -> Result<()> {
+        self.send(Command::Deliver(envelopes)).await
+    }
+
+    /// Asks the node (which must be the primary) to add a server, and waits until it is a
+    /// member.
+    pub async fn join(&self, id: NodeId) -> Result<InitBackupResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Join { id, reply }).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// Records the primary's list of backups.
+    pub async fn set_backups(&self, request: SetBackupsRequest) -> Result<()> {
+        self.send(Command::SetBackups(request)).await
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".to_string())
+}
+
+/// Most commands handled before the node's outputs are drained: proposals that arrive
+/// together travel to the backups and to disk together.
+const MAX_COMMANDS_PER_ROUND: usize = 1024;
+/// Capacity of the command queue; a full queue makes handlers wait (backpressure).
+pub const COMMAND_QUEUE: usize = 8192;
+
+/// The driver's state.
+pub struct Driver {
+    node: Node,
+    state: State,
+    applied: Index,
+    /// The members of the latest applied configuration.
+    applied_members: Vec<NodeId>,
+    /// Proposals waiting for their entry to be applied: index → (term proposed in, reply).
+    pending: BTreeMap<Index, (Term, oneshot::Sender<Result<Outcome>>)>,
+    joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
+    storage: mpsc::UnboundedSender<Batch>,
+    peers: Peers,
+    notifier: Notifier,
+    printer: mpsc::UnboundedSender<String>,
+}
+
+impl Driver {
+    pub fn new(
+        node: Node,
+        storage: mpsc::UnboundedSender<Batch>,
+        peers: Peers,
+        notifier: Notifier,
+        printer: mpsc::UnboundedSender<String>,
+    ) -> Driver {
+        Driver {
+            node,
+            state: State::new(),
+            applied: 0,
+            applied_members: Vec::new(),
+            pending: BTreeMap::new(),
+            joins: Vec::new(),
+            storage,
+            peers,
+            notifier,
+            printer,
+        }
+    }
+
+    /// A handle and the queue it feeds.
+    pub fn channel() -> (DriverHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        (DriverHandle { tx }, rx)
+    }
+
+    /// Runs until `shutdown` is cancelled, or storage fails.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut persisted: mpsc::UnboundedReceiver<Persisted>,
+        tick: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Outputs from startup (e.g. a bootstrap's first configuration and election).
+        self.process_outputs()?;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => self.node.tick(),
+                Some(command) = commands.recv() => {
+                    self.handle(command);
+                    for _ in 1..MAX_COMMANDS_PER_ROUND {
+                        match commands.try_recv() {
+                            Ok(command) => self.handle(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(event) = persisted.recv() => match event {
+                    Persisted::Log { index, term } => self.node.persisted(index, term),
+                    Persisted::Failed(err) => {
+                        self.fail_pending(|| Error::Unavailable("storage failed".to_string()));
+                        return Err(err);
+                    }
+                },
+            }
+            if let Err(err) = self.process_outputs() {
+                self.fail_pending(|| Error::Unavailable("storage failed".to_string()));
+                return Err(err);
+            }
+        }
+        self.fail_pending(shutting_down);
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Propose { request, reply } => match self.node.propose(request.encode()) {
+                Ok(index) => {
+                    self.pending.insert(index, (self.node.term(), reply));
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+            Command::Query(read) => read(&View {
+                node: &self.node,
+                state: &self.state,
+                applied: self.applied,
+            }),
+            Command::Deliver(envelopes) => {
+                for envelope in envelopes {
+                    self.node.step(envelope);
+                }
+            }
+            Command::Join { id, reply } => {
+                if let Err(err) = self.node.add_learner(id.clone()) {
+                    let _ = reply.send(Err(err));
+                } else if self.applied_members.contains(&id) {
+                    let _ = reply.send(Ok(self.join_answer()));
+                } else {
+                    info!(server = %id, "server asks to join; bringing it up to date");
+                    self.joins.push((id, reply));
+                }
+            }
+            Command::SetBackups(request) => {
+                info!(primary = %request.primary, term = request.term, backups = ?request.backups, "primary announced the backups");
+            }
+        }
+    }
+
+    /// Carries out the node's outputs in order. Fails only if the storage worker is gone.
+    fn process_outputs(&mut self) -> Result<()> {
+        let mut batch = Batch::default();
+        for output in self.node.ready() {
+            match output {
+                Output::Write(write) => batch.writes.push(write),
+                // Appends carry entries, not promises about our disk: they need not wait for
+                // our fsync, and the primary counts its own copy only once it is durable.
+                Output::Send(envelope) if matches!(envelope.message, Message::Append { .. }) => {
+                    self.peers.send(envelope)
+                }
+                Output::Send(envelope) => batch.sends.push(envelope),
+                Output::Apply(entries) => self.apply(entries),
+                Output::RoleChanged {
+                    role,
+                    term,
+                    primary,
+                } => self.role_changed(role, term, primary),
+            }
+        }
+        if !batch.is_empty() && self.storage.send(batch).is_err() {
+            return Err(Error::Internal("the storage worker stopped".to_string()));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                self.applied + 1,
+                "entries are applied in order, once"
+            );
+            self.applied = entry.index;
+            let result = match entry.payload {
+                Payload::Noop => continue,
+                Payload::Config(members) => {
+                    self.config_applied(members);
+                    continue;
+                }
+                Payload::Command(bytes) => Request::decode(&bytes).map(|request| {
+                    let applied = self.state.apply(&request);
+                    if let Some(message) = applied.posted {
+                        let line = format!(
+                            "[{}] {}: {}",
+                            self.node.id(),
+                            message.username,
+                            message.message
+                        );
+                        let _ = self.printer.send(line);
+                    }
+                    applied.outcome
+                }),
+            };
+            if let Err(err) = &result {
+                error!(index = entry.index, %err, "skipping an undecodable command");
+            }
+            if let Some((term, reply)) = self.pending.remove(&entry.index) {
+                // Another primary's entry took our index: ours was never committed.
+                let answer = if term == entry.term {
+                    result
+                } else {
+                    Err(self.node.not_primary())
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn config_applied(&mut self, members: Vec<NodeId>) {
+        info!(?members, "configuration applied");
+        self.applied_members = members;
+        let (joined, waiting) = std::mem::take(&mut self.joins)
+            .into_iter()
+            .partition(|(id, _)| self.applied_members.contains(id));
+        self.joins = waiting;
+        let joined: Vec<_> = joined;
+        for (id, reply) in joined {
+            info!(server = %id, "server joined as a backup");
+            let _ = reply.send(Ok(self.join_answer()));
+        }
+        if self.node.is_primary() {
+            self.notifier
+                .set_backups(self.node.term(), &self.applied_members);
+        }
+    }
+
+    fn join_answer(&self) -> InitBackupResponse {
+        InitBackupResponse {
+            primary: self.node.id().clone(),
+            term: self.node.term(),
+            members: self.applied_members.clone(),
+        }
+    }
+
+    fn role_changed(&mut self, role: RoleKind, term: Term, primary: Option<NodeId>) {
+        info!(role = role.as_str(), term, primary = ?primary, "role changed");
+        if role == RoleKind::Primary {
+            self.notifier.set_backups(term, &self.node.members());
+            self.notifier
+                .new_primary(term, self.state.client_addresses());
+        } else {
+            let not_primary = self.node.not_primary();
+            self.fail_pending(|| not_primary.clone());
+        }
+    }
+
+    fn fail_pending(&mut self, error: impl Fn() -> Error) {
+        if !self.pending.is_empty() {
+            debug!(count = self.pending.len(), "failing pending proposals");
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(error()));
+        }
+        for (id, reply) in std::mem::take(&mut self.joins) {
+            warn!(server = %id, "join not completed");
+            let _ = reply.send(Err(error()));
+        }
+    }
+}
+
+/// Starts the thread that prints applied messages on stdout, so that a slow reader of our
+/// stdout can never stall the driver.
+pub fn spawn_printer() -> std::io::Result<mpsc::UnboundedSender<String>> {
+    use std::io::Write as _;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    std::thread::Builder::new()
+        .name("understudy-stdout".to_string())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            while let Some(line) = rx.blocking_recv() {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{line}");
+                while let Ok(line) = rx.try_recv() {
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+            }
+        })?;
+    Ok(tx)
+}

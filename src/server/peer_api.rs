@@ -1,0 +1,50 @@
+//! The peer endpoints under `/replication/`. The cluster-secret check runs before any of
+//! them (see `auth::require_peer_auth`); here the requests are already authenticated.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+
+use super::AppState;
+use super::response::JsonBody;
+use crate::api::{InitBackupRequest, InitBackupResponse, SetBackupsRequest};
+use crate::error::{Error, Result};
+use crate::replication::Envelope;
+
+/// How long a join may take: the new server must receive the whole log first.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `POST /replication/messages`: a batch of protocol messages (postcard), queued for the
+/// driver. Answered at once; replies travel as messages of their own.
+pub async fn messages(State(app): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>> {
+    let envelopes: Vec<Envelope> = postcard::from_bytes(&body)
+        .map_err(|err| Error::BadRequest(format!("undecodable messages: {err}")))?;
+    app.driver.deliver(envelopes).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// `POST /replication/init-backup`: a new server wants to be a backup. The primary brings it
+/// up to date and answers once a configuration holding it is applied.
+pub async fn init_backup(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<InitBackupRequest>,
+) -> Result<Json<InitBackupResponse>> {
+    if body.id.trim().is_empty() || body.id.len() > 255 {
+        return Err(Error::BadRequest("id must be HOST:PORT".to_string()));
+    }
+    tokio::time::timeout(JOIN_TIMEOUT, app.driver.join(body.id))
+        .await
+        .map_err(|_| Error::Unavailable("the join did not complete in time".to_string()))?
+        .map(Json)
+}
+
+/// `POST /replication/set-backups`: the primary's full list of backups.
+pub async fn set_backups(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<SetBackupsRequest>,
+) -> Result<Json<serde_json::Value>> {
+    app.driver.set_backups(body).await?;
+    Ok(Json(serde_json::json!({})))
+}

@@ -1,0 +1,138 @@
+//! The transport of protocol messages to other servers.
+//!
+//! Each peer gets one sender task with a queue. The task sends whatever has queued up as one
+//! `POST /replication/messages` (a postcard-encoded batch of envelopes) over a kept-alive
+//! connection, one request at a time so that messages arrive in order. The receiver only
+//! queues the batch for its driver and answers at once, so a request is short: the protocol's
+//! own window (several appends in flight per backup) provides the pipelining, and while one
+//! request is out, the next batch grows.
+//!
+//! Delivery is best effort. A batch that fails is dropped, along with everything queued for
+//! that peer meanwhile: the protocol resends what matters, and stale heartbeats only waste
+//! a dead peer's bandwidth.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::auth::{AUTH_HEADER, ClusterSecret};
+use crate::client::http::{HttpClient, Method};
+use crate::replication::{Envelope, NodeId};
+
+/// The path protocol messages are posted to.
+pub const MESSAGES_PATH: &str = "/replication/messages";
+/// Most envelopes in one request.
+const MAX_BATCH: usize = 4096;
+/// A request that takes longer is abandoned (its messages are stale by then).
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends envelopes to peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    senders: Arc<Mutex<BTreeMap<NodeId, mpsc::UnboundedSender<Envelope>>>>,
+    http: HttpClient,
+    secret: ClusterSecret,
+    shutdown: CancellationToken,
+    /// Sender tasks are started from the storage worker's thread too, outside the runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Peers {
+    /// Must be called inside the tokio runtime that will run the sender tasks.
+    pub fn new(http: HttpClient, secret: ClusterSecret, shutdown: CancellationToken) -> Peers {
+        Peers {
+            runtime: tokio::runtime::Handle::current(),
+            senders: Arc::default(),
+            http,
+            secret,
+            shutdown,
+        }
+    }
+
+    /// Queues an envelope for its receiver; never blocks.
+    pub fn send(&self, envelope: Envelope) {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let to = envelope.to.clone();
+        let sender = senders
+            .entry(to.clone())
+            .or_insert_with(|| self.spawn_sender(to.clone()));
+        if let Err(mpsc::error::SendError(envelope)) = sender.send(envelope) {
+            // The task ended (shutdown); start a fresh one so a later send is not lost.
+            let fresh = self.spawn_sender(to.clone());
+            let _ = fresh.send(envelope);
+            senders.insert(to, fresh);
+        }
+    }
+
+    fn spawn_sender(&self, peer: NodeId) -> mpsc::UnboundedSender<Envelope> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = sender_loop(peer, rx, self.http.clone(), self.secret.clone());
+        let shutdown = self.shutdown.clone();
+        self.runtime.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
+        tx
+    }
+}
+
+async fn sender_loop(
+    peer: NodeId,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    http: HttpClient,
+    secret: ClusterSecret,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(envelope) => batch.push(envelope),
+                Err(_) => break,
+            }
+        }
+        let body = match postcard::to_stdvec(&batch) {
+            Ok(body) => Bytes::from(body),
+            Err(err) => {
+                tracing::error!(%peer, %err, "cannot encode messages");
+                continue;
+            }
+        };
+        let auth = secret.sign("POST", MESSAGES_PATH, &body);
+        let headers = [
+            (AUTH_HEADER, auth),
+            ("content-type", "application/octet-stream".to_string()),
+        ];
+        let result = http
+            .request_with_timeout(
+                Method::POST,
+                &peer,
+                MESSAGES_PATH,
+                &headers,
+                Some(body),
+                SEND_TIMEOUT,
+            )
+            .await;
+        let failed = match result {
+            Ok(response) if response.is_success() => false,
+            Ok(response) => {
+                debug!(%peer, status = response.status, "peer refused messages");
+                true
+            }
+            Err(err) => {
+                debug!(%peer, %err, "cannot reach peer");
+                true
+            }
+        };
+        if failed {
+            // Everything queued meanwhile is stale; the protocol will resend what matters.
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The storage worker: a dedicated thread that makes the core's writes durable and then
+//! releases the messages that depended on them.
+//!
+//! The driver hands it batches in the core's order. The worker takes every batch that is
+//! waiting, writes them all, and covers them with a single fsync (group commit): under load
+//! many proposals share one sync. Only then does it send the batches' messages (an
+//! acknowledgement or a vote promises what is on disk) and tell the driver how far the log
+//! is durable, so the primary can count its own copy. The driver task never waits on disk.
+
+use std::thread;
+
+use tokio::sync::mpsc;
+use tracing::error;
+
+use super::peers::Peers;
+use crate::error::Error;
+use crate::replication::{Envelope, Index, Term, Write};
+use crate::storage::LogStore;
+
+/// Writes, and the messages that may leave only once the writes are durable.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub writes: Vec<Write>,
+    pub sends: Vec<Envelope>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.sends.is_empty()
+    }
+}
+
+/// What the worker tells the driver.
+#[derive(Debug)]
+pub enum Persisted {
+    /// The log is durable up to this entry.
+    Log { index: Index, term: Term },
+    /// Storage failed; the server must stop rather than acknowledge what it cannot keep.
+    Failed(Error),
+}
+
+/// Starts the worker; it ends when the sender is dropped.
+pub fn spawn(
+    mut store: LogStore,
+    peers: Peers,
+    events: mpsc::UnboundedSender<Persisted>,
+) -> std::io::Result<mpsc::UnboundedSender<Batch>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+    thread::Builder::new()
+        .name("understudy-storage".to_string())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut batches = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batches.push(more);
+                }
+                match write_all(&mut store, &batches) {
+                    Ok(Some((index, term))) => {
+                        let _ = events.send(Persisted::Log { index, term });
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        error!(%err, "storage failed");
+                        let _ = events.send(Persisted::Failed(err));
+                        return;
+                    }
+                }
+                for envelope in batches.into_iter().flat_map(|b| b.sends) {
+                    peers.send(envelope);
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Writes every batch and syncs once; returns the last entry now durable, if entries were
+/// written. Each entry write ends the log at its last entry, so the last one written is the
+/// log's end.
+fn write_all(store: &mut LogStore, batches: &[Batch]) -> crate::Result<Option<(Index, Term)>> {
+    let mut last = None;
+    let mut wrote = false;
+    for write in batches.iter().flat_map(|b| &b.writes) {
+        store.write(write)?;
+        wrote = true;
+        if let Write::Entries(entries) = write
+            && let Some(entry) = entries.last()
+        {
+            last = Some((entry.index, entry.term));
+        }
+    }
+    if wrote {
+        store.sync()?;
+    }
+    Ok(last)
+}
