@@ -19,6 +19,8 @@ enum Command {
     Server(cli::server::ServerArgs),
     /// Talk to a cluster as a client: register, log in, send and read messages.
     Client(cli::client::ClientArgs),
+    /// Run a local three-server cluster and a client, showing replication and a failover.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +41,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => runtime.block_on(cli::server::run(args)),
         Command::Client(args) => runtime.block_on(cli::client::run(args)),
+        Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
     }
 }

@@ -1,8 +1,760 @@
-//! `understudy client`: placeholder.
+//! `understudy client`: the client library on the command line.
+//!
+//! One-shot commands act as one client across invocations by keeping the session (client
+//! id, token, next `seq`, last primary) in a state file: `login` creates a new client and
+//! saves it, `send` loads it, sends with the next `seq` and saves it again. `shell` keeps one
+//! client alive, so its notification listener hears `/new-primary` and says so.
 
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use understudy::Error;
+use understudy::api::{ClientInfo, MessageInfo, StatusResponse};
+use understudy::client::{Client, ClientOptions, SavedSession, saved};
+
+/// Talk to a cluster as a client: register, log in, send and read messages.
 #[derive(clap::Args, Debug)]
-pub struct ClientArgs {}
+pub struct ClientArgs {
+    /// The servers to contact, HOST:PORT[,HOST:PORT...]; any of them will do. Defaults to
+    /// the servers of the saved session.
+    #[arg(long, env = "UNDERSTUDY_SERVERS", value_delimiter = ',')]
+    servers: Vec<String>,
 
-pub async fn run(_args: ClientArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet built")
+    /// Where the session (client id, token, next seq) is kept between commands
+    /// [default: $HOME/.understudy/client.json].
+    #[arg(long, env = "UNDERSTUDY_CLIENT_STATE")]
+    state_file: Option<PathBuf>,
+
+    /// Where the notification listener binds (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+
+    /// How long a command keeps looking for a primary before it gives up, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    retry_ms: u64,
+
+    /// The bound on one HTTP request, in milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    timeout_ms: u64,
+
+    /// Print answers as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a user.
+    Register {
+        username: String,
+        /// The password; else $UNDERSTUDY_PASSWORD; else read from standard input.
+        #[arg(long, env = "UNDERSTUDY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Start a new client session and log in; the session is saved for later commands.
+    Login {
+        username: String,
+        /// The password; else $UNDERSTUDY_PASSWORD; else read from standard input.
+        #[arg(long, env = "UNDERSTUDY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Send a message to the board (the words are joined with spaces).
+    Send {
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+        message: Vec<String>,
+    },
+    /// List messages on the board.
+    Messages {
+        /// The first index to show.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// How many to show (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Show the state of one server, or a line for every server.
+    Status {
+        /// Ask only this server.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List the clients the cluster knows.
+    Clients,
+    /// Log out and forget the saved session.
+    Logout,
+    /// An interactive session that reports every change of primary.
+    Shell,
+}
+
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let state_file = match args.state_file.clone().or_else(saved::default_path) {
+        Some(path) => path,
+        None => bail!("no state file: pass --state-file or set HOME"),
+    };
+    let saved = SavedSession::load(&state_file)?;
+    let servers = if args.servers.is_empty() {
+        saved
+            .as_ref()
+            .map(|s| s.servers.clone())
+            .unwrap_or_default()
+    } else {
+        args.servers.clone()
+    };
+    if servers.is_empty() {
+        if matches!(args.command, Command::Send { .. } | Command::Logout) {
+            bail!(
+                "not logged in: run `understudy client --servers HOST:PORT login USERNAME` first"
+            );
+        }
+        bail!("no servers: pass --servers HOST:PORT[,HOST:PORT...]");
+    }
+    let cli = Cli {
+        servers,
+        state_file,
+        saved,
+        options: ClientOptions {
+            listen: args.listen,
+            retry_for: Duration::from_millis(args.retry_ms),
+            request_timeout: Duration::from_millis(args.timeout_ms),
+            ..ClientOptions::default()
+        },
+        json: args.json,
+    };
+    match args.command {
+        Command::Register { username, password } => {
+            let password = read_password(password)?;
+            cli.register(&username, &password).await
+        }
+        Command::Login { username, password } => {
+            let password = read_password(password)?;
+            cli.login(&username, &password).await
+        }
+        Command::Send { message } => cli.send(&message.join(" ")).await,
+        Command::Messages { from, limit } => cli.messages(from, limit).await,
+        Command::Status { server } => cli.status(server.as_deref()).await,
+        Command::Clients => cli.clients().await,
+        Command::Logout => cli.logout().await,
+        Command::Shell => cli.shell().await,
+    }
+}
+
+/// What every command needs: where to go, where the session lives, how to print.
+struct Cli {
+    servers: Vec<String>,
+    state_file: PathBuf,
+    saved: Option<SavedSession>,
+    options: ClientOptions,
+    json: bool,
+}
+
+impl Cli {
+    /// A client for calls that need no login: the saved one (it knows the primary) if
+    /// any, else one that never calls `client/init`.
+    fn reader(&self) -> anyhow::Result<Client> {
+        let mut options = self.options.clone();
+        options.listen_on_resume = false;
+        let mut servers = self.servers.clone();
+        if let Some(primary) = self.saved.as_ref().and_then(|s| s.primary.clone()) {
+            servers.insert(0, primary);
+        }
+        Ok(Client::unattached(servers, options)?)
+    }
+
+    /// The saved, logged-in session, resumed without a listener: a one-shot command exits
+    /// before any notification could matter, and redirects find the primary anyway.
+    async fn logged_in(&self) -> anyhow::Result<Client> {
+        let saved = match &self.saved {
+            Some(saved) if saved.token.is_some() && saved.client_id.is_some() => saved.clone(),
+            _ => bail!(
+                "not logged in: run `understudy client login USERNAME` first (session file {})",
+                self.state_file.display()
+            ),
+        };
+        let mut options = self.options.clone();
+        options.listen_on_resume = false;
+        Ok(Client::resume(self.servers.clone(), saved, options).await?)
+    }
+
+    fn save(&self, client: &Client) -> anyhow::Result<()> {
+        save(&self.state_file, client)
+    }
+
+    async fn register(&self, username: &str, password: &str) -> anyhow::Result<()> {
+        self.reader()?.register(username, password).await?;
+        self.print(
+            &serde_json::json!({ "username": username }),
+            format!("registered {username}"),
+        )
+    }
+
+    async fn login(&self, username: &str, password: &str) -> anyhow::Result<()> {
+        let client = Client::connect(self.servers.clone(), self.options.clone()).await?;
+        client.login(username, password).await?;
+        self.save(&client)?;
+        let client_id = client.client_id().unwrap_or_default().to_string();
+        let primary = client.primary().unwrap_or_default();
+        self.print(
+            &serde_json::json!({ "client_id": client_id, "username": username, "primary": primary }),
+            format!("logged in as {username} (client {client_id}, primary {primary})"),
+        )
+    }
+
+    async fn send(&self, message: &str) -> anyhow::Result<()> {
+        let client = self.logged_in().await?;
+        let result = client.send(message).await;
+        // Saved whatever the outcome: the next seq, or the pending message that a repeat
+        // of this command must resend with the same seq.
+        self.save(&client)?;
+        let index = result.map_err(|err| match err {
+            Error::Unavailable(_) | Error::NoPrimary | Error::NotPrimary { .. } => anyhow!(
+                "{err}\nthe message may or may not be stored; send the same text again to retry safely"
+            ),
+            other => anyhow!(other),
+        })?;
+        self.print(
+            &serde_json::json!({ "index": index }),
+            format!("sent #{index}"),
+        )
+    }
+
+    async fn messages(&self, from: u64, limit: u64) -> anyhow::Result<()> {
+        let messages = self.reader()?.messages(from, limit).await?;
+        self.print(
+            &serde_json::json!({ "messages": messages }),
+            messages_table(&messages),
+        )
+    }
+
+    async fn clients(&self) -> anyhow::Result<()> {
+        let clients = self.reader()?.clients().await?;
+        self.print(
+            &serde_json::json!({ "clients": clients }),
+            clients_table(&clients),
+        )
+    }
+
+    async fn status(&self, server: Option<&str>) -> anyhow::Result<()> {
+        let client = self.reader()?;
+        if let Some(server) = server {
+            let status = client.status(Some(server)).await?;
+            return self.print(&status, status_details(&status));
+        }
+        // Every server, each asked directly and all at once: an operator wants to see the
+        // dead ones too, not have them skipped by failover.
+        let servers = client.servers();
+        let answers =
+            futures_join_all(servers.iter().map(|s| client.status(Some(s.as_str())))).await;
+        let json: Vec<_> = servers
+            .iter()
+            .zip(&answers)
+            .map(|(server, answer)| match answer {
+                Ok(status) => serde_json::json!({ "server": server, "status": status }),
+                Err(err) => serde_json::json!({ "server": server, "error": err.to_string() }),
+            })
+            .collect();
+        let text = status_table(&servers, &answers);
+        self.print(&json, text)
+    }
+
+    async fn logout(&self) -> anyhow::Result<()> {
+        let client = self.logged_in().await?;
+        client.logout().await?;
+        SavedSession::remove(&self.state_file)?;
+        self.print(&serde_json::json!({}), "logged out".to_string())
+    }
+
+    fn print<T: serde::Serialize + ?Sized>(&self, json: &T, text: String) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(json)?);
+        } else if !text.is_empty() {
+            println!("{text}");
+        }
+        Ok(())
+    }
+
+    /// The interactive loop. It continues the saved session if it can listen on that
+    /// session's port again (where servers send notifications), else starts a new client.
+    async fn shell(&self) -> anyhow::Result<()> {
+        let mut client = self.shell_client().await?;
+        println!(
+            "client {} on {}; primary {}. Type `help` for commands.",
+            client.client_id().unwrap_or("?"),
+            client.servers().join(","),
+            client.primary().unwrap_or_else(|| "unknown".to_string()),
+        );
+        let interactive = std::io::stdin().is_terminal();
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        let mut notifications = client.notifications();
+        loop {
+            if interactive {
+                print!("> ");
+                std::io::stdout().flush()?;
+            }
+            let line = tokio::select! {
+                line = lines.next_line() => line?,
+                () = next_notification(&mut notifications) => {
+                    if let Some(note) = notifications.as_ref().and_then(|n| n.borrow().clone()) {
+                        println!("primary is now {} (term {})", note.primary, note.term);
+                    }
+                    continue;
+                }
+                _ = tokio::signal::ctrl_c() => None,
+            };
+            let Some(line) = line else { break };
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (command, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim();
+            let outcome = match command {
+                "quit" | "exit" => break,
+                "help" => {
+                    println!("{SHELL_HELP}");
+                    Ok(())
+                }
+                "login" => {
+                    let result = self.shell_login(&client, rest, &mut lines).await;
+                    match result {
+                        // The servers do not know this client id (say, the cluster was
+                        // rebuilt): start a new client and try once more.
+                        Err(err) if is_unknown_client(&err) => {
+                            client =
+                                Client::connect(self.servers.clone(), self.options.clone()).await?;
+                            notifications = client.notifications();
+                            self.shell_login(&client, rest, &mut lines).await
+                        }
+                        other => other,
+                    }
+                }
+                other => self.shell_command(&client, other, rest, &mut lines).await,
+            };
+            if let Err(err) = outcome {
+                println!("error: {err:#}");
+            }
+        }
+        self.save(&client)?;
+        Ok(())
+    }
+
+    async fn shell_client(&self) -> anyhow::Result<Client> {
+        if let Some(saved) = self.saved.clone().filter(|s| s.client_id.is_some()) {
+            match Client::resume(self.servers.clone(), saved, self.options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(err) => eprintln!("cannot continue the saved session ({err}); starting anew"),
+            }
+        }
+        Ok(Client::connect(self.servers.clone(), self.options.clone()).await?)
+    }
+
+    async fn shell_login(
+        &self,
+        client: &Client,
+        rest: &str,
+        lines: &mut Lines<BufReader<Stdin>>,
+    ) -> anyhow::Result<()> {
+        let (username, password) = self.shell_credentials(rest, lines).await?;
+        client.login(&username, &password).await?;
+        self.save(client)?;
+        println!("logged in as {username}");
+        Ok(())
+    }
+
+    async fn shell_command(
+        &self,
+        client: &Client,
+        command: &str,
+        rest: &str,
+        lines: &mut Lines<BufReader<Stdin>>,
+    ) -> anyhow::Result<()> {
+        let mut words = rest.split_whitespace();
+        match command {
+            "register" => {
+                let (username, password) = self.shell_credentials(rest, lines).await?;
+                client.register(&username, &password).await?;
+                println!("registered {username}");
+            }
+            "send" => {
+                if rest.is_empty() {
+                    bail!("usage: send MESSAGE");
+                }
+                let result = client.send(rest).await;
+                self.save(client)?;
+                println!("sent #{}", result?);
+            }
+            "messages" => {
+                let from = parse_or(words.next(), 1)?;
+                let limit = parse_or(words.next(), 100)?;
+                println!("{}", messages_table(&client.messages(from, limit).await?));
+            }
+            "clients" => println!("{}", clients_table(&client.clients().await?)),
+            "status" => {
+                let status = client.status(words.next()).await?;
+                println!("{}", status_details(&status));
+            }
+            "primary" => println!(
+                "{}",
+                client.primary().unwrap_or_else(|| "unknown".to_string())
+            ),
+            "logout" => {
+                client.logout().await?;
+                self.save(client)?;
+                println!("logged out");
+            }
+            other => bail!("unknown command {other:?}; type `help`"),
+        }
+        Ok(())
+    }
+
+    /// `USERNAME [PASSWORD]`; without a password, `UNDERSTUDY_PASSWORD`, else the next line.
+    async fn shell_credentials(
+        &self,
+        rest: &str,
+        lines: &mut Lines<BufReader<Stdin>>,
+    ) -> anyhow::Result<(String, String)> {
+        let mut words = rest.split_whitespace();
+        let Some(username) = words.next() else {
+            bail!("usage: login|register USERNAME [PASSWORD]");
+        };
+        let password = match words.next() {
+            Some(password) => password.to_string(),
+            None => match std::env::var("UNDERSTUDY_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    if std::io::stdin().is_terminal() {
+                        print!("password: ");
+                        std::io::stdout().flush()?;
+                    }
+                    let echo = EchoOff::new();
+                    let line = lines.next_line().await?.context("no password given")?;
+                    drop(echo);
+                    line
+                }
+            },
+        };
+        Ok((username.to_string(), password))
+    }
+}
+
+const SHELL_HELP: &str = "\
+commands:
+  register USERNAME [PASSWORD]   create a user
+  login USERNAME [PASSWORD]      log in (the session is saved)
+  send MESSAGE                   send a message to the board
+  messages [FROM] [LIMIT]        list messages
+  clients                        list clients
+  status [HOST:PORT]             the state of the primary or of one server
+  primary                        the primary this client talks to
+  logout                         log out
+  quit                           leave (also Ctrl-D, Ctrl-C)";
+
+fn save(path: &Path, client: &Client) -> anyhow::Result<()> {
+    client
+        .saved()
+        .save(path)
+        .with_context(|| format!("cannot save the session to {}", path.display()))
+}
+
+/// Whether a login failed because the servers do not know the client id.
+fn is_unknown_client(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<Error>(), Some(Error::NotFound(_)))
+}
+
+fn parse_or(word: Option<&str>, default: u64) -> anyhow::Result<u64> {
+    match word {
+        Some(word) => word
+            .parse()
+            .with_context(|| format!("not a number: {word:?}")),
+        None => Ok(default),
+    }
+}
+
+async fn next_notification(
+    notifications: &mut Option<tokio::sync::watch::Receiver<Option<understudy::api::NewPrimary>>>,
+) {
+    if let Some(receiver) = notifications {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        // The listener stopped; nothing more will come.
+        *notifications = None;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Awaits every future concurrently and returns their outputs in order. The futures borrow
+/// the client, so they cannot be spawned as tasks; polling them side by side is enough for
+/// a handful of servers.
+async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut results: Vec<Option<T>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in pinned.iter_mut().zip(results.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *slot = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+/// Reads the password from standard input (the flag and the environment variable were
+/// handled by clap). On a terminal it prompts and turns echo off.
+fn read_password(given: Option<String>) -> anyhow::Result<String> {
+    if let Some(password) = given {
+        return Ok(password);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let echo = EchoOff::new();
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .context("cannot read the password")?;
+    drop(echo);
+    if stdin.is_terminal() {
+        eprintln!();
+    }
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("no password given: use --password, UNDERSTUDY_PASSWORD or standard input");
+    }
+    Ok(password)
+}
+
+/// Turns terminal echo off while a password is typed, and back on when dropped. Uses
+/// `stty` so no terminal crate is needed; where that fails, the password simply echoes.
+struct EchoOff(bool);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        EchoOff(std::io::stdin().is_terminal() && stty("-echo"))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if self.0 {
+            stty("echo");
+        }
+    }
+}
+
+fn stty(setting: &str) -> bool {
+    std::process::Command::new("stty")
+        .arg(setting)
+        .stdin(std::process::Stdio::inherit())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Left-aligned columns; the last column is not padded (it holds free text).
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i == last {
+                    cell.to_string()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = vec![line(header.to_vec())];
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+fn messages_table(messages: &[MessageInfo]) -> String {
+    if messages.is_empty() {
+        return "no messages".to_string();
+    }
+    let rows: Vec<Vec<String>> = messages
+        .iter()
+        .map(|m| {
+            vec![
+                m.index.to_string(),
+                m.username.clone(),
+                m.seq.to_string(),
+                m.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["#", "user", "seq", "message"], &rows)
+}
+
+fn clients_table(clients: &[ClientInfo]) -> String {
+    if clients.is_empty() {
+        return "no clients".to_string();
+    }
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            vec![
+                c.client_id.clone(),
+                c.address.clone(),
+                c.username.clone().unwrap_or_else(|| "-".to_string()),
+                if c.logged_in { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    table(&["client", "address", "user", "logged in"], &rows)
+}
+
+fn status_details(s: &StatusResponse) -> String {
+    format!(
+        "id:            {}\n\
+         role:          {}\n\
+         term:          {}\n\
+         primary:       {}\n\
+         members:       {}\n\
+         commit index:  {}\n\
+         applied index: {}\n\
+         clients:       {} ({} logged in)\n\
+         messages:      {}",
+        s.id,
+        s.role,
+        s.term,
+        s.primary.as_deref().unwrap_or("none"),
+        s.members.join(", "),
+        s.commit_index,
+        s.applied_index,
+        s.clients,
+        s.logged_in,
+        s.messages,
+    )
+}
+
+fn status_table(servers: &[String], answers: &[understudy::Result<StatusResponse>]) -> String {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .zip(answers)
+        .map(|(server, answer)| match answer {
+            Ok(s) => vec![
+                server.clone(),
+                s.role.clone(),
+                s.term.to_string(),
+                s.primary.clone().unwrap_or_else(|| "none".to_string()),
+                format!("{}/{}", s.commit_index, s.applied_index),
+                s.clients.to_string(),
+                s.messages.to_string(),
+            ],
+            Err(err) => vec![
+                server.clone(),
+                "unreachable".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                err.to_string(),
+            ],
+        })
+        .collect();
+    table(
+        &[
+            "server",
+            "role",
+            "term",
+            "primary",
+            "commit/applied",
+            "clients",
+            "messages",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    /// Contract, The binary: `understudy client --servers HOST:PORT[,...] <command>`.
+    #[test]
+    fn the_command_line_parses() {
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--servers",
+            "127.0.0.1:7001,127.0.0.1:7002",
+            "send",
+            "hello",
+            "-world",
+        ])
+        .unwrap();
+        assert_eq!(w.args.servers, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
+        match w.args.command {
+            Command::Send { message } => assert_eq!(message.join(" "), "hello -world"),
+            other => panic!("{other:?}"),
+        }
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--servers",
+            "a:1",
+            "messages",
+            "--from",
+            "5",
+            "--limit",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            w.args.command,
+            Command::Messages { from: 5, limit: 2 }
+        ));
+        assert!(Wrapper::try_parse_from(["x", "--servers", "a:1", "send"]).is_err());
+    }
+
+    #[test]
+    fn tables_align_all_but_the_last_column() {
+        let t = table(
+            &["#", "user", "message"],
+            &[
+                vec!["1".into(), "alice".into(), "hi there".into()],
+                vec!["10".into(), "bo".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "#   user   message\n1   alice  hi there\n10  bo     x");
+    }
 }

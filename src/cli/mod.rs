@@ -1,4 +1,5 @@
 //! The subcommands of the binary, one file each.
 
 pub mod client;
+pub mod demo;
 pub mod server;
