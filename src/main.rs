@@ -2,6 +2,8 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -23,7 +25,7 @@ enum Command {
     Demo(cli::demo::DemoArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr; stdout carries only what a command prints for its user (for a
     // server: one line per applied message).
@@ -37,10 +39,19 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
-    let runtime = tokio::runtime::Runtime::new()?;
-    match cli.command {
-        Command::Server(args) => runtime.block_on(cli::server::run(args)),
-        Command::Client(args) => runtime.block_on(cli::client::run(args)),
-        Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| match cli.command {
+            Command::Server(args) => runtime.block_on(cli::server::run(args)),
+            Command::Client(args) => runtime.block_on(cli::client::run(args)),
+            Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One readable line with its causes, not a backtrace.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

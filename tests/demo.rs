@@ -24,7 +24,10 @@ fn demo_runs_to_completion_and_shows_replication_and_failover() {
         "is a backup again with all 10 messages",
         "== done: all servers stopped",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
     // Every message line names the server that printed it; each of the 3 servers printed
     // "hello 1 (before the failover)" (the restarted one twice: once per process).

@@ -68,6 +68,8 @@ pub mod progress;
 
 pub use message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
 pub use node::{Node, Options, Output, RoleKind, Status};
+#[cfg(test)]
+pub use node::PlantedBug;
 pub use persist::{HardState, Write};
 
 #[cfg(test)]

@@ -33,6 +33,19 @@ pub struct Options {
     pub max_append_entries: usize,
     /// Most appends in flight to one backup.
     pub max_inflight: usize,
+    /// A deliberately wrong rule, so tests can show the simulation catches it.
+    #[cfg(test)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Known-wrong rules that tests switch on to prove the checkers find them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Commit once any single backup acknowledges, instead of a majority.
+    CommitOnOneAck,
+    /// Grant a vote to every up-to-date candidate, even after voting in the term.
+    VoteTwicePerTerm,
 }
 
 impl Default for Options {
@@ -42,6 +55,8 @@ impl Default for Options {
             election_ticks: 30,
             max_append_entries: 512,
             max_inflight: 8,
+            #[cfg(test)]
+            planted_bug: None,
         }
     }
 }
@@ -626,7 +641,13 @@ impl Node {
             return;
         }
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matched[quorum(members.len()) - 1];
+        #[allow(unused_mut)]
+        let mut needed = quorum(members.len());
+        #[cfg(test)]
+        if self.opts.planted_bug == Some(PlantedBug::CommitOnOneAck) {
+            needed = needed.min(2);
+        }
+        let quorum_index = matched[needed.min(matched.len()) - 1];
         if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
             self.commit = quorum_index;
             self.emit_apply();
@@ -738,7 +759,13 @@ impl Node {
         let granted = if pre {
             term > self.term && up_to_date
         } else {
-            up_to_date && self.vote.as_ref().is_none_or(|vote| vote == &from)
+            #[allow(unused_mut)]
+            let mut free = self.vote.as_ref().is_none_or(|vote| vote == &from);
+            #[cfg(test)]
+            if self.opts.planted_bug == Some(PlantedBug::VoteTwicePerTerm) {
+                free = true;
+            }
+            up_to_date && free
         };
         if granted && !pre {
             self.vote = Some(from.clone());

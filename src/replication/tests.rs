@@ -32,6 +32,7 @@ impl Cluster {
             election_ticks: 10,
             max_append_entries: 64,
             max_inflight: 4,
+            ..Options::default()
         };
         let nodes = members
             .iter()
