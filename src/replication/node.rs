@@ -42,8 +42,8 @@ pub struct Options {
 #[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
-    /// Commit once any single backup acknowledges, instead of a majority.
-    CommitOnOneAck,
+    /// Commit on the primary's own durable copy, without waiting for a majority.
+    CommitWithoutQuorum,
     /// Grant a vote to every up-to-date candidate, even after voting in the term.
     VoteTwicePerTerm,
 }
@@ -644,8 +644,8 @@ impl Node {
         #[allow(unused_mut)]
         let mut needed = quorum(members.len());
         #[cfg(test)]
-        if self.opts.planted_bug == Some(PlantedBug::CommitOnOneAck) {
-            needed = needed.min(2);
+        if self.opts.planted_bug == Some(PlantedBug::CommitWithoutQuorum) {
+            needed = 1;
         }
         let quorum_index = matched[needed.min(matched.len()) - 1];
         if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
