@@ -23,6 +23,8 @@ enum Command {
     Client(cli::client::ClientArgs),
     /// Run a local three-server cluster and a client, showing replication and a failover.
     Demo(cli::demo::DemoArgs),
+    /// Measure failover times and throughput on a local cluster.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             Command::Server(args) => runtime.block_on(cli::server::run(args)),
             Command::Client(args) => runtime.block_on(cli::client::run(args)),
             Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
+            Command::Bench(args) => runtime.block_on(cli::bench::run(args)),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

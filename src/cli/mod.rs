@@ -1,5 +1,7 @@
 //! The subcommands of the binary, one file each.
 
+pub mod bench;
 pub mod client;
 pub mod demo;
+mod local_cluster;
 pub mod server;

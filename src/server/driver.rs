@@ -272,7 +272,14 @@ impl Driver {
             );
             self.applied = entry.index;
             let result = match entry.payload {
-                Payload::Noop => continue,
+                Payload::Noop => {
+                    // A new primary's no-op is applied: everything before it is too, so the
+                    // client list is complete. Now tell everyone who the primary is.
+                    if self.node.is_primary() && entry.term == self.node.term() {
+                        self.announce();
+                    }
+                    continue;
+                }
                 Payload::Config(members) => {
                     self.config_applied(members);
                     continue;
@@ -332,13 +339,18 @@ impl Driver {
         }
     }
 
+    /// Tells every backup the list of backups and every known client the new primary.
+    fn announce(&self) {
+        let term = self.node.term();
+        let clients = self.state.client_addresses();
+        info!(term, clients = clients.len(), "announcing the new primary");
+        self.notifier.set_backups(term, &self.node.members());
+        self.notifier.new_primary(term, clients);
+    }
+
     fn role_changed(&mut self, role: RoleKind, term: Term, primary: Option<NodeId>) {
         info!(role = role.as_str(), term, primary = ?primary, "role changed");
-        if role == RoleKind::Primary {
-            self.notifier.set_backups(term, &self.node.members());
-            self.notifier
-                .new_primary(term, self.state.client_addresses());
-        } else {
+        if role != RoleKind::Primary {
             let not_primary = self.node.not_primary();
             self.fail_pending(|| not_primary.clone());
         }

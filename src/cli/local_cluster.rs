@@ -1,0 +1,239 @@
+//! A cluster of real server processes on loopback, for `demo` and `bench`: this same binary
+//! run as `server` on free ports, with data dirs and logs in one directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use understudy::api::StatusResponse;
+use understudy::client::HttpClient;
+
+/// One server of the cluster.
+pub struct LocalServer {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalServer {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct LocalCluster {
+    dir: PathBuf,
+    secret: PathBuf,
+    exe: PathBuf,
+    pub servers: Vec<LocalServer>,
+    /// Extra flags for every server (timings).
+    server_args: Vec<String>,
+    http: HttpClient,
+    /// Where the servers' stdout lines go, as (server number, line); `None` discards them.
+    lines: Option<mpsc::UnboundedSender<(usize, String)>>,
+}
+
+impl LocalCluster {
+    /// `size` servers (not started) with data in `dir`.
+    pub fn new(
+        dir: &Path,
+        size: usize,
+        server_args: Vec<String>,
+        lines: Option<mpsc::UnboundedSender<(usize, String)>>,
+    ) -> Result<LocalCluster> {
+        let secret = dir.join("cluster-secret");
+        std::fs::write(&secret, format!("local-{}\n", hex_token()))?;
+        let servers = free_ports(size)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| LocalServer {
+                addr: format!("127.0.0.1:{port}"),
+                data_dir: dir.join(format!("server{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            secret,
+            exe: std::env::current_exe().context("cannot find this binary")?,
+            servers,
+            server_args,
+            http: HttpClient::with_timeout(Duration::from_secs(1)),
+            lines,
+        })
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// Starts server 0 as a new cluster, then the others joining it; returns when every
+    /// server is a member.
+    pub async fn start_all(&mut self, limit: Duration) -> Result<()> {
+        self.spawn(0, None)?;
+        self.wait_for("the first server to become primary", limit, |s| {
+            s.first().is_some_and(|s| s.role == "primary")
+        })
+        .await?;
+        let first = self.servers[0].addr.clone();
+        for i in 1..self.servers.len() {
+            self.spawn(i, Some(&first))?;
+        }
+        let size = self.servers.len();
+        self.wait_for("every server to be a member", limit, |s| {
+            s.iter()
+                .all(|s| s.members.len() == size && s.role != "joining")
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Starts server `i` (joining `join`, if given; a restart on its data dir needs none).
+    pub fn spawn(&mut self, i: usize, join: Option<&str>) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("server{}.log", i + 1)))?;
+        let server = &mut self.servers[i];
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("server")
+            .args(["--listen", &server.addr])
+            .arg("--data-dir")
+            .arg(&server.data_dir)
+            .arg("--cluster-secret-file")
+            .arg(&self.secret)
+            .args(&self.server_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        command.stdout(if self.lines.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        if let Some(join) = join {
+            command.args(["--join", join]);
+        }
+        let mut child = command.spawn().context("cannot start a server")?;
+        if let (Some(lines), Some(stdout)) = (self.lines.clone(), child.stdout.take()) {
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if lines.send((i, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        server.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills server `i` with SIGKILL, like a crash.
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.servers[i].child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every server with SIGTERM (a clean shutdown), killing any that hang.
+    pub async fn stop_all(&mut self) {
+        for server in &mut self.servers {
+            if let Some(mut child) = server.child.take() {
+                terminate(&mut child).await;
+            }
+        }
+    }
+
+    /// The index of the server with this address.
+    pub fn position(&self, addr: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.addr == addr)
+    }
+
+    /// The `/status` of every running server that answers.
+    pub async fn statuses(&self) -> Vec<StatusResponse> {
+        let mut statuses = Vec::new();
+        for server in self.servers.iter().filter(|s| s.is_running()) {
+            if let Ok(response) = self.http.get(&server.addr, "/status", &[]).await
+                && let Ok(status) = response.json::<StatusResponse>()
+            {
+                statuses.push(status);
+            }
+        }
+        statuses
+    }
+
+    /// Polls `/status` of the running servers until all answer and `done` holds.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[StatusResponse]) -> bool,
+    ) -> Result<Vec<StatusResponse>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let statuses = self.statuses().await;
+            let running = self.servers.iter().filter(|s| s.is_running()).count();
+            if statuses.len() == running && done(&statuses) {
+                return Ok(statuses);
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The current primary among the running servers, if exactly one claims the highest term.
+    pub async fn primary(&self) -> Result<String> {
+        let statuses = self.statuses().await;
+        statuses
+            .iter()
+            .filter(|s| s.role == "primary")
+            .max_by_key(|s| s.term)
+            .map(|s| s.id.clone())
+            .ok_or_else(|| anyhow!("no primary"))
+    }
+}
+
+/// Stops a server with SIGTERM, or kills it if it does not exit within 5 s.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// `count` distinct free loopback ports (held together while chosen, so they differ).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// 64 random bits, hex.
+pub fn hex_token() -> String {
+    let bytes: [u8; 8] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
