@@ -93,31 +93,48 @@ fn parse_header(header: &str) -> Option<(u64, &str)> {
     Some((t, sig))
 }
 
+/// Whether a header is well formed and its timestamp within the allowed skew.
+fn fresh(header: &str) -> bool {
+    parse_header(header).is_some_and(|(t, _)| unix_now().abs_diff(t) <= MAX_SKEW_SECS)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// Middleware for every `/replication/...` path, existing or not: a request without a valid
-/// signature gets 401 before any handler (or the 404 fallback) sees it.
+/// Middleware in front of every route: a request to a `/replication` path, existing or not,
+/// without a valid signature gets 401 before any handler (or a 404/405 fallback) sees it.
 pub async fn require_peer_auth(
     State(secret): State<ClusterSecret>,
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = to_bytes(body, MAX_PEER_BODY_BYTES).await else {
-        return Error::PayloadTooLarge.into_response();
+    let path = request.uri().path();
+    if path != "/replication" && !path.starts_with("/replication/") {
+        return next.run(request).await;
+    }
+    let unauthorized = || {
+        Error::Unauthorized("peer requests need valid cluster credentials".to_string())
+            .into_response()
     };
+    let (parts, body) = request.into_parts();
     let header = parts
         .headers
         .get(AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !secret.verify(header, parts.method.as_str(), parts.uri.path(), &bytes) {
-        return Error::Unauthorized("peer requests need valid cluster credentials".to_string())
-            .into_response();
+        .unwrap_or_default()
+        .to_string();
+    // Refuse a missing, malformed or stale header before reading a body of up to 64 MiB.
+    if !fresh(&header) {
+        return unauthorized();
+    }
+    let Ok(bytes) = to_bytes(body, MAX_PEER_BODY_BYTES).await else {
+        return Error::PayloadTooLarge.into_response();
+    };
+    if !secret.verify(&header, parts.method.as_str(), parts.uri.path(), &bytes) {
+        return unauthorized();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

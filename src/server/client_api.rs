@@ -86,7 +86,8 @@ pub async fn auth(
 ) -> Result<Json<AuthResponse>> {
     validate_username(&body.username)?;
     validate_password(&body.password)?;
-    app.login_limiter.check(&body.username, Instant::now())?;
+    let attempted = Instant::now();
+    app.login_limiter.attempt(&body.username, attempted)?;
     let (client_id, username) = (body.client_id.clone(), body.username.clone());
     let stored = app
         .driver
@@ -99,9 +100,12 @@ pub async fn auth(
             }
             Ok(view.state.password_hash(&username).map(str::to_string))
         })
-        .await??;
+        .await
+        .and_then(|stored| stored)
+        // Not a password guess (wrong server, unknown client): this attempt does not count.
+        .inspect_err(|_| app.login_limiter.undo(&body.username, attempted))?;
     if !verify_password(body.password, stored).await? {
-        app.login_limiter.failed(&body.username, Instant::now());
+        // Counted as a failure by `attempt` already.
         return Err(Error::Unauthorized(
             "wrong username or password".to_string(),
         ));

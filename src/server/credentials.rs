@@ -104,12 +104,21 @@ impl LoginLimiter {
         }
     }
 
-    /// Refuses with 429 if `username` has too many recent failures.
-    pub fn check(&self, username: &str, now: Instant) -> Result<()> {
+    /// Starts a login attempt for `username`: refused with 429 if it has too many recent
+    /// failures, else counted as a failure right away. Counting before the (slow) password
+    /// check means concurrent guesses cannot all slip in before the first is recorded; a
+    /// successful attempt clears the count with [`succeeded`](Self::succeeded).
+    pub fn attempt(&self, username: &str, now: Instant) -> Result<()> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(times) = failures.get_mut(username) else {
-            return Ok(());
-        };
+        if failures.len() >= MAX_TRACKED_USERNAMES && !failures.contains_key(username) {
+            let window = self.window;
+            failures.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|&t| now.duration_since(t) < window)
+            });
+        }
+        let times = failures.entry(username.to_string()).or_default();
         while times
             .front()
             .is_some_and(|&t| now.duration_since(t) >= self.window)
@@ -123,27 +132,22 @@ impl LoginLimiter {
                 retry_after_secs: wait.as_secs().max(1),
             });
         }
+        times.push_back(now);
         Ok(())
     }
 
-    /// Records a failed login for `username`.
-    pub fn failed(&self, username: &str, now: Instant) {
+    /// Takes back the attempt started at `at`, which turned out not to test a password.
+    pub fn undo(&self, username: &str, at: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() >= MAX_TRACKED_USERNAMES {
-            let window = self.window;
-            failures.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|&t| now.duration_since(t) < window)
-            });
+        if let Some(times) = failures.get_mut(username)
+            && let Some(position) = times.iter().rposition(|&t| t == at)
+        {
+            times.remove(position);
         }
-        failures
-            .entry(username.to_string())
-            .or_default()
-            .push_back(now);
     }
 
-    /// Forgets the failures of `username` after a successful login.
+    /// Forgets the failures of `username` after a successful login (or an attempt that
+    /// failed for another reason than the password).
     pub fn succeeded(&self, username: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures.remove(username);
@@ -182,10 +186,9 @@ mod tests {
         let limiter = LoginLimiter::default();
         let start = Instant::now();
         for i in 0..10 {
-            assert!(limiter.check("mallory", start).is_ok(), "attempt {i}");
-            limiter.failed("mallory", start);
+            assert!(limiter.attempt("mallory", start).is_ok(), "attempt {i}");
         }
-        let refused = limiter.check("mallory", start + Duration::from_secs(1));
+        let refused = limiter.attempt("mallory", start + Duration::from_secs(1));
         assert_eq!(
             refused,
             Err(Error::TooManyRequests {
@@ -193,14 +196,22 @@ mod tests {
             })
         );
         assert!(
-            limiter.check("alice", start).is_ok(),
+            limiter.attempt("alice", start).is_ok(),
             "other users are not affected"
         );
         assert!(
             limiter
-                .check("mallory", start + Duration::from_secs(61))
+                .attempt("mallory", start + Duration::from_secs(61))
                 .is_ok()
         );
+        limiter.succeeded("mallory");
+        for _ in 0..10 {
+            assert!(
+                limiter
+                    .attempt("mallory", start + Duration::from_secs(62))
+                    .is_ok()
+            );
+        }
     }
 
     /// Tokens carry 128 random bits and are stored only as a hash.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -180,17 +180,10 @@ pub async fn serve(
 
 /// The routes of a server.
 pub fn router(app: AppState, secret: ClusterSecret) -> Router {
-    // Every path under /replication, existing or not, is behind the cluster secret.
     let peer = Router::new()
         .route("/replication/messages", post(peer_api::messages))
         .route("/replication/init-backup", post(peer_api::init_backup))
         .route("/replication/set-backups", post(peer_api::set_backups))
-        .route("/replication", any(response::not_found))
-        .route("/replication/{*rest}", any(response::not_found))
-        .layer(middleware::from_fn_with_state(
-            secret,
-            auth::require_peer_auth,
-        ))
         .layer(DefaultBodyLimit::max(auth::MAX_PEER_BODY_BYTES));
     Router::new()
         .route("/client/init", post(client_api::init))
@@ -205,6 +198,12 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .merge(peer)
         .fallback(response::not_found)
         .method_not_allowed_fallback(response::method_not_allowed)
+        // Outermost, so that every path under /replication, existing or not and whatever the
+        // method, is behind the cluster secret: no 404 or 405 tells an outsider what exists.
+        .layer(middleware::from_fn_with_state(
+            secret,
+            auth::require_peer_auth,
+        ))
         .layer(middleware::from_fn(response::add_location))
         .with_state(app)
 }
