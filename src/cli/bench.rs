@@ -315,6 +315,7 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
         args.seconds,
         args.max_ops
     );
+    let term_before = max_term(&cluster).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let per_client = args.max_ops.div_ceil(args.clients as u64);
@@ -344,6 +345,7 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
         errors += e;
     }
     let elapsed = start.elapsed();
+    let term_after = max_term(&cluster).await;
     cluster.stop_all().await;
 
     latencies.sort();
@@ -361,5 +363,21 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
         ms(pct(0.99)),
         ms(latencies[count - 1]),
     );
+    // Every election raises the term; a healthy cluster under load holds none.
+    println!(
+        "elections during the run: {} (term {term_before} before, {term_after} after)",
+        term_after.saturating_sub(term_before)
+    );
     Ok(())
+}
+
+/// The highest term any running server reports.
+async fn max_term(cluster: &LocalCluster) -> u64 {
+    cluster
+        .statuses()
+        .await
+        .iter()
+        .map(|s| s.term)
+        .max()
+        .unwrap_or(0)
 }
