@@ -63,10 +63,16 @@ impl Progress {
 
     /// The backup accepted everything up to `index`. Returns whether `matched` advanced.
     pub fn accepted(&mut self, index: Index) -> bool {
-        self.heard();
+        self.recently_active = true;
         self.probing = false;
+        let in_flight = self.inflight.len();
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
+        }
+        // Only an acknowledged append shows the window is moving. Heartbeats are accepted
+        // too, and must not hide appends that were lost on the way (a backup that was down).
+        if self.inflight.len() < in_flight || index > self.matched {
+            self.stalled_ticks = 0;
         }
         self.next = self.next.max(index + 1);
         if index > self.matched {
@@ -79,7 +85,8 @@ impl Progress {
     /// The backup rejected an append at `prev_index`; resume probing after `hint`.
     /// A stale rejection (of something already known to match) is ignored.
     pub fn rejected(&mut self, prev_index: Index, hint: Index) {
-        self.heard();
+        self.recently_active = true;
+        self.stalled_ticks = 0;
         if prev_index < self.matched {
             return;
         }
@@ -101,11 +108,6 @@ impl Progress {
             self.next = self.matched + 1;
             self.stalled_ticks = 0;
         }
-    }
-
-    fn heard(&mut self) {
-        self.stalled_ticks = 0;
-        self.recently_active = true;
     }
 }
 
@@ -149,6 +151,23 @@ mod tests {
         );
         p.rejected(2, 0); // stale: index 2 is known to match
         assert_eq!(p.next, 8);
+    }
+
+    /// Lost appends are found even while the backup keeps accepting heartbeats: a backup
+    /// that was down while appends to it were dropped catches up without new traffic.
+    #[test]
+    fn heartbeats_do_not_hide_lost_appends() {
+        let mut p = Progress::new(0);
+        p.accepted(4);
+        p.sent(9);
+        for _ in 0..6 {
+            for _ in 0..5 {
+                p.tick(30);
+            }
+            p.accepted(4); // a heartbeat at the last match
+        }
+        assert_eq!(p.next, 5, "probing again from the last match");
+        assert!(p.can_send(4));
     }
 
     /// Lost appends do not stall a backup forever.

@@ -1,0 +1,109 @@
+//! The plan of one run, drawn from its seed: the protocol's timing, how hostile the network,
+//! the disks and the nemesis are, and how the cluster starts.
+//!
+//! Drawing the knobs per seed, rather than fixing them, lets a thousand seeds cover calm runs
+//! and storms, fast disks and slow ones, one append per message and large batches, without a
+//! hand-written matrix; a failing seed replays with the same plan.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::clock::Time;
+use super::network::NetworkPlan;
+use crate::replication::{Options, PlantedBug};
+
+/// Simulated time between two ticks of a server (each server's clock runs a little fast or
+/// slow around it).
+pub const TICK: Time = 10;
+
+/// Everything drawn for one run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The core's timing and batching.
+    pub opts: Options,
+    /// Start with one bootstrapped server that the others join, instead of all servers
+    /// sharing a first configuration.
+    pub join: bool,
+    /// Appends wait for the writes before them too (the core's documented rule), instead of
+    /// leaving at once as the server driver lets them.
+    pub strict_gating: bool,
+    pub network: NetworkPlan,
+    /// A sync happens within `0..=max_sync_delay` of the first unsynced write.
+    pub max_sync_delay: Time,
+    /// The nemesis strikes about this often.
+    pub nemesis_every: Time,
+    /// Relative weights of crash, pause, partition and doing nothing.
+    pub weights: [u32; 4],
+    /// A crashed server restarts, a paused one resumes, a partition heals within this.
+    pub max_outage: Time,
+    pub clients: usize,
+}
+
+/// One action of the nemesis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Crash(usize),
+    Pause(usize),
+    Partition,
+    Nothing,
+}
+
+impl Plan {
+    pub fn draw(rng: &mut ChaCha8Rng, bug: Option<PlantedBug>) -> Plan {
+        let heartbeat_ticks = rng.random_range(1..=3);
+        let election_ticks = rng.random_range(3 * heartbeat_ticks + 2..=15);
+        let opts = Options {
+            heartbeat_ticks,
+            election_ticks,
+            max_append_entries: pick(rng, &[1, 3, 16, 64]),
+            max_inflight: pick(rng, &[1, 2, 4, 8]),
+            planted_bug: bug,
+        };
+        let network = NetworkPlan {
+            drop: pick(rng, &[0.0, 0.01, 0.05, 0.15]),
+            duplicate: pick(rng, &[0.0, 0.01, 0.05]),
+            max_delay: pick(rng, &[2, 8, 20, 50]),
+            long: pick(rng, &[0.0, 0.005, 0.02]),
+            long_delay: pick(rng, &[100, 400]),
+        };
+        Plan {
+            opts,
+            join: rng.random_bool(0.3),
+            strict_gating: rng.random_bool(0.5),
+            network,
+            max_sync_delay: pick(rng, &[0, 2, 10, 40]),
+            nemesis_every: pick(rng, &[60, 150, 400]),
+            weights: [
+                pick(rng, &[1, 3]),
+                pick(rng, &[0, 1, 2]),
+                pick(rng, &[1, 3]),
+                pick(rng, &[0, 2]),
+            ],
+            max_outage: pick(rng, &[100, 300, 800]),
+            clients: rng.random_range(1..=4),
+        }
+    }
+
+    /// The nemesis' next move on a cluster of `servers`.
+    pub fn next_fault(&self, rng: &mut ChaCha8Rng, servers: usize) -> Fault {
+        let total: u32 = self.weights.iter().sum();
+        let mut roll = rng.random_range(0..total.max(1));
+        let server = rng.random_range(0..servers);
+        for (kind, weight) in self.weights.iter().enumerate() {
+            if roll < *weight {
+                return match kind {
+                    0 => Fault::Crash(server),
+                    1 => Fault::Pause(server),
+                    2 => Fault::Partition,
+                    _ => Fault::Nothing,
+                };
+            }
+            roll -= weight;
+        }
+        Fault::Nothing
+    }
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, choices: &[T]) -> T {
+    choices[rng.random_range(0..choices.len())]
+}

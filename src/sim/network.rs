@@ -1,0 +1,138 @@
+//! The simulated network between servers: delays, drops, duplicates and partitions.
+//!
+//! Every message gets its own random delay, so messages overtake each other (reordering for
+//! free). A few are delayed far beyond an election timeout, so that messages from old terms
+//! arrive when nobody expects them. A partition splits the servers into groups; it is
+//! checked when a message arrives, so what was in flight when the split happened is lost
+//! too, as with a cut cable.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::clock::Time;
+use crate::replication::{Envelope, Message};
+
+/// How hostile the network is in one run.
+#[derive(Clone, Debug)]
+pub struct NetworkPlan {
+    /// Chance that a message is lost.
+    pub drop: f64,
+    /// Chance that a message is delivered twice.
+    pub duplicate: f64,
+    /// The usual delay is drawn from `1..=max_delay`.
+    pub max_delay: Time,
+    /// Chance of a delay of up to `long_delay` instead.
+    pub long: f64,
+    pub long_delay: Time,
+}
+
+/// The network: its plan and the current partition.
+pub struct Network {
+    plan: NetworkPlan,
+    /// The group of each server while partitioned; servers talk only within a group.
+    groups: Option<Vec<u8>>,
+}
+
+impl Network {
+    pub fn new(plan: NetworkPlan) -> Network {
+        Network { plan, groups: None }
+    }
+
+    /// When a message sent now arrives: none if it is lost, two times if duplicated.
+    pub fn delays(&self, rng: &mut ChaCha8Rng) -> Vec<Time> {
+        let mut delays = Vec::new();
+        if rng.random_bool(self.plan.drop) {
+            return delays;
+        }
+        delays.push(self.delay(rng));
+        if rng.random_bool(self.plan.duplicate) {
+            delays.push(self.delay(rng));
+        }
+        delays
+    }
+
+    fn delay(&self, rng: &mut ChaCha8Rng) -> Time {
+        if rng.random_bool(self.plan.long) {
+            rng.random_range(1..=self.plan.long_delay)
+        } else {
+            rng.random_range(1..=self.plan.max_delay)
+        }
+    }
+
+    /// Whether servers `a` and `b` can talk right now.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        self.groups.as_ref().is_none_or(|groups| groups[a] == groups[b])
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.groups.is_some()
+    }
+
+    /// Splits `servers` servers into two or three random groups, each non-empty. Returns the
+    /// groups for the trace.
+    pub fn partition(&mut self, servers: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+        let count = if servers >= 5 && rng.random_bool(0.3) {
+            3
+        } else {
+            2
+        };
+        loop {
+            let groups: Vec<u8> = (0..servers)
+                .map(|_| rng.random_range(0..count) as u8)
+                .collect();
+            let members: Vec<Vec<usize>> = (0..count as u8)
+                .map(|g| (0..servers).filter(|&s| groups[s] == g).collect())
+                .collect();
+            if members.iter().all(|m| !m.is_empty()) {
+                self.groups = Some(groups);
+                return members;
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.groups = None;
+    }
+
+    /// The healing phase: no more losses, partitions or very long delays; ordinary delays
+    /// and duplicates stay.
+    pub fn calm(&mut self) {
+        self.heal();
+        self.plan.drop = 0.0;
+        self.plan.long = 0.0;
+    }
+}
+
+/// A message as one trace line, e.g. `n1@3 -> n2 Append prev=5@2 [6@3 7@3] commit=5`.
+pub fn describe(env: &Envelope) -> String {
+    let head = format!("{}@{} -> {} {}", env.from, env.term, env.to, env.message.kind());
+    match &env.message {
+        Message::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|e| format!("{}@{}", e.index, e.term))
+                .collect();
+            format!(
+                "{head} prev={prev_index}@{prev_term} [{}] commit={commit}",
+                entries.join(" ")
+            )
+        }
+        Message::AppendAccepted { match_index } => format!("{head} match={match_index}"),
+        Message::AppendRejected {
+            prev_index,
+            hint,
+            last_index,
+        } => format!("{head} prev={prev_index} hint={hint} last={last_index}"),
+        Message::Vote {
+            last_index,
+            last_term,
+            ..
+        } => format!("{head} last={last_index}@{last_term}"),
+        Message::VoteResponse { granted, .. } => format!("{head} granted={granted}"),
+    }
+}
