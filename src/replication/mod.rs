@@ -67,9 +67,9 @@ mod persist;
 pub mod progress;
 
 pub use message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
-pub use node::{Node, Options, Output, RoleKind, Status};
 #[cfg(test)]
 pub use node::PlantedBug;
+pub use node::{Node, Options, Output, RoleKind, Status};
 pub use persist::{HardState, Write};
 
 #[cfg(test)]
