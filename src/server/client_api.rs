@@ -56,9 +56,7 @@ pub async fn register(
     let username = body.username.clone();
     app.driver
         .query(move |view| {
-            if !view.node.is_primary() {
-                return Err(view.node.not_primary());
-            }
+            view.ensure_primary()?;
             if view.state.username_taken(&username) {
                 return Err(Error::Conflict(format!("username {username} is taken")));
             }
@@ -92,9 +90,7 @@ pub async fn auth(
     let stored = app
         .driver
         .query(move |view| {
-            if !view.node.is_primary() {
-                return Err(view.node.not_primary());
-            }
+            view.ensure_primary()?;
             if !view.state.client_exists(&client_id) {
                 return Err(Error::NotFound(format!("no client {client_id}")));
             }
@@ -142,9 +138,7 @@ pub async fn demo_message(
     let retry = app
         .driver
         .query(move |view| {
-            if !view.node.is_primary() {
-                return Err(view.node.not_primary());
-            }
+            view.ensure_primary()?;
             view.state
                 .check_message(&client_id, &hash, seq, &text)
                 .map_err(Rejection::into_error)
@@ -177,9 +171,7 @@ pub async fn logout(
     let (client_id, hash) = (body.client_id.clone(), token_hash.clone());
     app.driver
         .query(move |view| {
-            if !view.node.is_primary() {
-                return Err(view.node.not_primary());
-            }
+            view.ensure_primary()?;
             if !view.state.client_exists(&client_id) {
                 return Err(Error::NotFound(format!("no client {client_id}")));
             }

@@ -49,6 +49,23 @@ pub struct View<'a> {
     pub node: &'a Node,
     pub state: &'a State,
     pub applied: Index,
+    /// This node is the primary and has applied everything committed before its term.
+    pub primary_ready: bool,
+}
+
+impl View<'_> {
+    /// Succeeds on a primary whose state is complete: a new primary first applies its own
+    /// term's no-op, and with it every earlier entry, so that its checks (does the client
+    /// exist, is the name taken, what is the password hash) never miss a committed change.
+    pub fn ensure_primary(&self) -> Result<()> {
+        if !self.node.is_primary() {
+            return Err(self.node.not_primary());
+        }
+        if !self.primary_ready {
+            return Err(Error::NoPrimary);
+        }
+        Ok(())
+    }
 }
 
 /// The handlers' side of the driver. Cheap to clone.
@@ -122,6 +139,8 @@ pub struct Driver {
     applied: Index,
     /// The members of the latest applied configuration.
     applied_members: Vec<NodeId>,
+    /// See [`View::primary_ready`].
+    primary_ready: bool,
     /// Proposals waiting for their entry to be applied: index → (term proposed in, reply).
     pending: BTreeMap<Index, (Term, oneshot::Sender<Result<Outcome>>)>,
     joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
@@ -144,6 +163,7 @@ impl Driver {
             state: State::new(),
             applied: 0,
             applied_members: Vec::new(),
+            primary_ready: false,
             pending: BTreeMap::new(),
             joins: Vec::new(),
             storage,
@@ -215,6 +235,7 @@ impl Driver {
                 node: &self.node,
                 state: &self.state,
                 applied: self.applied,
+                primary_ready: self.primary_ready,
             }),
             Command::Deliver(envelopes) => {
                 for envelope in envelopes {
@@ -276,6 +297,7 @@ impl Driver {
                     // A new primary's no-op is applied: everything before it is too, so the
                     // client list is complete. Now tell everyone who the primary is.
                     if self.node.is_primary() && entry.term == self.node.term() {
+                        self.primary_ready = true;
                         self.announce();
                     }
                     continue;
@@ -350,6 +372,8 @@ impl Driver {
 
     fn role_changed(&mut self, role: RoleKind, term: Term, primary: Option<NodeId>) {
         info!(role = role.as_str(), term, primary = ?primary, "role changed");
+        // A new primary is ready once its no-op is applied (see `apply`).
+        self.primary_ready = false;
         if role != RoleKind::Primary {
             let not_primary = self.node.not_primary();
             self.fail_pending(|| not_primary.clone());
