@@ -43,6 +43,9 @@ struct ClusterArgs {
     /// The servers' --election-timeout-ms (their default if not given).
     #[arg(long)]
     election_timeout_ms: Option<u64>,
+    /// Run the servers with `--fsync never` (to measure what fsync costs).
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 impl ClusterArgs {
@@ -53,6 +56,9 @@ impl ClusterArgs {
         }
         if let Some(ms) = self.election_timeout_ms {
             args.extend(["--election-timeout-ms".to_string(), ms.to_string()]);
+        }
+        if self.no_fsync {
+            args.extend(["--fsync".to_string(), "never".to_string()]);
         }
         args
     }
@@ -309,8 +315,9 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
         clients.push(logged_in_client(cluster.addrs(), &format!("user{i}")).await?);
     }
     println!(
-        "bench throughput: {} servers, {} clients, {} s (at most {} writes)",
+        "bench throughput: {} servers (fsync {}), {} clients, {} s (at most {} writes)",
         cluster.servers.len(),
+        if args.cluster.no_fsync { "off" } else { "on" },
         args.clients,
         args.seconds,
         args.max_ops

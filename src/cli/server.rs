@@ -41,6 +41,16 @@ pub struct ServerArgs {
     /// is random between this and twice this).
     #[arg(long, default_value_t = server::DEFAULT_ELECTION_TIMEOUT_MS)]
     election_timeout_ms: u64,
+    /// `always`: every acknowledged write is on disk (fsync). `never`: only handed to the
+    /// operating system, which loses it if the machine fails; for measurements only.
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Fsync {
+    Always,
+    Never,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -64,6 +74,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         join: args.join,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         election_timeout: Duration::from_millis(args.election_timeout_ms),
+        fsync: args.fsync == Fsync::Always,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -42,6 +42,7 @@ pub enum Persisted {
 /// Starts the worker; it ends when the sender is dropped.
 pub fn spawn(
     mut store: LogStore,
+    fsync: bool,
     peers: Peers,
     events: mpsc::UnboundedSender<Persisted>,
 ) -> std::io::Result<mpsc::UnboundedSender<Batch>> {
@@ -54,7 +55,7 @@ pub fn spawn(
                 while let Ok(more) = rx.try_recv() {
                     batches.push(more);
                 }
-                match write_all(&mut store, &batches) {
+                match write_all(&mut store, &batches, fsync) {
                     Ok(Some((index, term))) => {
                         let _ = events.send(Persisted::Log { index, term });
                     }
@@ -73,10 +74,14 @@ pub fn spawn(
     Ok(tx)
 }
 
-/// Writes every batch and syncs once; returns the last entry now durable, if entries were
+/// Writes every batch and syncs once (or, without fsync, only hands them to the OS); returns the last entry now durable, if entries were
 /// written. Each entry write ends the log at its last entry, so the last one written is the
 /// log's end.
-fn write_all(store: &mut LogStore, batches: &[Batch]) -> crate::Result<Option<(Index, Term)>> {
+fn write_all(
+    store: &mut LogStore,
+    batches: &[Batch],
+    fsync: bool,
+) -> crate::Result<Option<(Index, Term)>> {
     let mut last = None;
     let mut wrote = false;
     for write in batches.iter().flat_map(|b| &b.writes) {
@@ -88,8 +93,10 @@ fn write_all(store: &mut LogStore, batches: &[Batch]) -> crate::Result<Option<(I
             last = Some((entry.index, entry.term));
         }
     }
-    if wrote {
-        store.sync()?;
+    match (wrote, fsync) {
+        (true, true) => store.sync()?,
+        (true, false) => store.flush()?,
+        (false, _) => {}
     }
     Ok(last)
 }

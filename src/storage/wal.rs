@@ -129,6 +129,14 @@ impl LogStore {
 
     /// Makes every write so far durable (flush + fdatasync). One sync covers all writes
     /// before it (group commit).
+    /// Hands every write so far to the operating system without waiting for the disk: it
+    /// survives a crash of the process, not of the machine. For `--fsync never` only.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let result = self.flush_buffer();
+        self.fail_on_error(result)
+    }
+
     pub fn sync(&mut self) -> Result<()> {
         self.check_usable()?;
         if !self.unsynced {

@@ -94,6 +94,7 @@ impl Server {
             join: Vec::new(),
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
+            fsync: true,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(config, listener, shutdown.clone()));
