@@ -161,6 +161,19 @@ pub struct SetBackupsRequest {
     pub backups: Vec<String>,
 }
 
+/// `POST /replication/remove-server`: an operator removes a (dead) server from the
+/// configuration, through the primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveServerRequest {
+    pub id: String,
+}
+
+/// The configuration once the removal is committed and applied on the primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveServerResponse {
+    pub members: Vec<String>,
+}
+
 /// Checks a username: 1 to 64 characters of `A-Z a-z 0-9 _ . -`.
 pub fn validate_username(username: &str) -> Result<()> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');

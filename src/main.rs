@@ -26,6 +26,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Measure failover times and throughput on a local cluster.
     Bench(cli::bench::BenchArgs),
+    /// Operator commands: cluster status, removing a server.
+    Admin(cli::admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
             Command::Client(args) => runtime.block_on(cli::client::run(args)),
             Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
             Command::Bench(args) => runtime.block_on(cli::bench::run(args)),
+            Command::Admin(args) => runtime.block_on(cli::admin::run(args)),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

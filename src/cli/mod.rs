@@ -1,5 +1,6 @@
 //! The subcommands of the binary, one file each.
 
+pub mod admin;
 pub mod bench;
 pub mod client;
 pub mod demo;

@@ -290,6 +290,44 @@ impl Node {
         Ok(())
     }
 
+    /// Proposes a configuration without `id` (primary only), one server at a time: refused
+    /// while another change is in flight or before this term's first entry is committed
+    /// (single-server changes keep majorities overlapping only one at a time). The primary
+    /// cannot remove itself: stop it, let another be elected, and remove it from there.
+    /// Returns the index of the configuration entry.
+    pub fn remove_member(&mut self, id: &NodeId) -> Result<Index> {
+        let (config_index, members) = self.log.config();
+        let not_primary = self.not_primary();
+        let Role::Primary(primary) = &mut self.role else {
+            return Err(not_primary);
+        };
+        if id == &self.id {
+            return Err(Error::Conflict(
+                "the primary cannot remove itself; stop it so another is elected, then remove it"
+                    .to_string(),
+            ));
+        }
+        if !members.contains(id) {
+            return Err(Error::NotFound(format!("{id} is not a member")));
+        }
+        if config_index > self.commit || primary.term_start > self.commit {
+            return Err(Error::Unavailable(
+                "another configuration change is in flight; try again".to_string(),
+            ));
+        }
+        primary.progress.remove(id);
+        primary.learners.remove(id);
+        let remaining: Vec<NodeId> = members.into_iter().filter(|m| m != id).collect();
+        info!(server = %id, "removing a server from the configuration");
+        let entry = self.log.append(self.term, Payload::Config(remaining));
+        let index = entry.index;
+        self.outputs
+            .push(Output::Write(Write::Entries(vec![entry])));
+        // Fewer members may already make a majority for what is pending.
+        self.maybe_commit();
+        Ok(index)
+    }
+
     /// The driver made our own log durable up to `index`, whose entry has `term`. A report
     /// about entries that have since been replaced is ignored.
     pub fn persisted(&mut self, index: Index, term: Term) {

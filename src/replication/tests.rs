@@ -323,3 +323,51 @@ fn learner_becomes_a_member_once_caught_up() {
     assert_eq!(c.node(4).status().role, RoleKind::Backup);
     assert_eq!(c.applied_commands(4), vec![b"before the join".to_vec()]);
 }
+
+/// Membership: removing a member takes effect with its configuration entry; the remaining
+/// two of three commit on their own (a majority of two is both).
+#[test]
+fn removed_member_no_longer_counts_for_the_majority() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"before");
+    c.deliver_all();
+    c.node(1).tick();
+    c.drain(&id(1));
+    c.deliver_all();
+
+    c.node(1).remove_member(&id(3)).expect("n1 is primary");
+    c.drain(&id(1));
+    c.deliver_all();
+    assert_eq!(c.node(1).members(), vec![id(1), id(2)]);
+    assert_eq!(c.node(2).members(), vec![id(1), id(2)]);
+
+    // n3 is gone for good: nothing reaches it, and n1 + n2 still commit.
+    let index = c.propose(1, b"after");
+    let _ = c.take_to(3);
+    c.deliver_all();
+    assert_eq!(c.commit_index(1), index);
+    assert!(
+        c.queue.iter().all(|e| e.to != id(3)),
+        "n3 gets no more appends"
+    );
+}
+
+/// The primary cannot remove itself, nor a server that is not a member.
+#[test]
+fn remove_refuses_the_primary_and_strangers() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert!(matches!(
+        c.node(1).remove_member(&id(1)),
+        Err(crate::Error::Conflict(_))
+    ));
+    assert!(matches!(
+        c.node(1).remove_member(&"n9".to_string()),
+        Err(crate::Error::NotFound(_))
+    ));
+    assert!(matches!(
+        c.node(2).remove_member(&id(3)),
+        Err(crate::Error::NotPrimary { .. })
+    ));
+}

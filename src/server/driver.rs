@@ -42,6 +42,11 @@ pub enum Command {
     },
     /// The primary told us the list of backups.
     SetBackups(SetBackupsRequest),
+    /// An operator removes a server; answered once the new configuration is applied.
+    Remove {
+        id: NodeId,
+        reply: oneshot::Sender<Result<Vec<NodeId>>>,
+    },
 }
 
 /// What a query sees.
@@ -116,6 +121,14 @@ impl DriverHandle {
         answer.await.map_err(|_| shutting_down())?
     }
 
+    /// Removes a server from the configuration (primary only) and waits until the new
+    /// configuration is applied; returns the remaining members.
+    pub async fn remove(&self, id: NodeId) -> Result<Vec<NodeId>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Remove { id, reply }).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
     /// Records the primary's list of backups.
     pub async fn set_backups(&self, request: SetBackupsRequest) -> Result<()> {
         self.send(Command::SetBackups(request)).await
@@ -144,6 +157,8 @@ pub struct Driver {
     /// Proposals waiting for their entry to be applied: index → (term proposed in, reply).
     pending: BTreeMap<Index, (Term, oneshot::Sender<Result<Outcome>>)>,
     joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
+    /// Removals waiting for their configuration entry: (index, term, reply).
+    removals: Vec<(Index, Term, oneshot::Sender<Result<Vec<NodeId>>>)>,
     storage: mpsc::UnboundedSender<Batch>,
     peers: Peers,
     notifier: Notifier,
@@ -166,6 +181,7 @@ impl Driver {
             primary_ready: false,
             pending: BTreeMap::new(),
             joins: Vec::new(),
+            removals: Vec::new(),
             storage,
             peers,
             notifier,
@@ -252,6 +268,12 @@ impl Driver {
                     self.joins.push((id, reply));
                 }
             }
+            Command::Remove { id, reply } => match self.node.remove_member(&id) {
+                Ok(index) => self.removals.push((index, self.node.term(), reply)),
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
             Command::SetBackups(request) => {
                 info!(primary = %request.primary, term = request.term, backups = ?request.backups, "primary announced the backups");
             }
@@ -303,7 +325,7 @@ impl Driver {
                     continue;
                 }
                 Payload::Config(members) => {
-                    self.config_applied(members);
+                    self.config_applied(entry.index, entry.term, members);
                     continue;
                 }
                 Payload::Command(bytes) => Request::decode(&bytes).map(|request| {
@@ -335,9 +357,20 @@ impl Driver {
         }
     }
 
-    fn config_applied(&mut self, members: Vec<NodeId>) {
+    fn config_applied(&mut self, index: Index, term: Term, members: Vec<NodeId>) {
         info!(?members, "configuration applied");
         self.applied_members = members;
+        for (waited, proposed_in, reply) in std::mem::take(&mut self.removals) {
+            if waited == index {
+                let _ = reply.send(if proposed_in == term {
+                    Ok(self.applied_members.clone())
+                } else {
+                    Err(self.node.not_primary())
+                });
+            } else {
+                self.removals.push((waited, proposed_in, reply));
+            }
+        }
         let (joined, waiting) = std::mem::take(&mut self.joins)
             .into_iter()
             .partition(|(id, _)| self.applied_members.contains(id));
@@ -389,6 +422,9 @@ impl Driver {
         }
         for (id, reply) in std::mem::take(&mut self.joins) {
             warn!(server = %id, "join not completed");
+            let _ = reply.send(Err(error()));
+        }
+        for (_, _, reply) in std::mem::take(&mut self.removals) {
             let _ = reply.send(Err(error()));
         }
     }

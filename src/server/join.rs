@@ -1,26 +1,27 @@
 //! Joining a cluster: a new server asks a member to take it in
-//! (`replication/init-backup`), following redirects to the primary, and tries again with
-//! backoff until the primary answers that it is a member. Meanwhile the primary sends it the
-//! log through the ordinary protocol, and the server reports itself as `joining`.
+//! (`replication/init-backup`), following redirects to the primary, and tries again until
+//! the primary answers that it is a member. Meanwhile the primary sends it the log through
+//! the ordinary protocol, and the server reports itself as `joining`.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::auth::{AUTH_HEADER, ClusterSecret};
+use super::auth::ClusterSecret;
+use super::peer_call::post_to_primary;
 use crate::api::{InitBackupRequest, InitBackupResponse};
-use crate::client::http::{HttpClient, Method};
-use crate::error::ErrorBody;
+use crate::client::http::HttpClient;
+use crate::error::Error;
 use crate::replication::NodeId;
 
 const INIT_BACKUP_PATH: &str = "/replication/init-backup";
 /// The primary answers once the log is transferred and the configuration committed.
 const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(65);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// One round of asking, after which the failure is logged and a new round starts.
+const ROUND: Duration = Duration::from_secs(10);
 
-/// Asks `targets` (any members) to add `id`, until one primary says yes or `shutdown`.
+/// Asks `targets` (any members) to add `id`, until the primary says yes or `shutdown`.
 pub async fn join_cluster(
     id: NodeId,
     targets: Vec<String>,
@@ -28,66 +29,34 @@ pub async fn join_cluster(
     secret: ClusterSecret,
     shutdown: CancellationToken,
 ) {
-    let body = match serde_json::to_vec(&InitBackupRequest { id: id.clone() }) {
-        Ok(body) => Bytes::from(body),
-        Err(_) => return,
-    };
-    let mut backoff = Duration::from_millis(100);
-    let mut next_targets = targets.clone();
+    let request = InitBackupRequest { id };
     loop {
-        let Some(target) = next_targets.first().cloned() else {
-            next_targets = targets.clone();
-            continue;
-        };
-        next_targets.remove(0);
-        let headers = [
-            ("content-type", "application/json".to_string()),
-            (AUTH_HEADER, secret.sign("POST", INIT_BACKUP_PATH, &body)),
-        ];
-        let call = http.request_with_timeout(
-            Method::POST,
-            &target,
+        let call = post_to_primary::<_, InitBackupResponse>(
+            &http,
+            &secret,
+            &targets,
             INIT_BACKUP_PATH,
-            &headers,
-            Some(body.clone()),
+            &request,
             JOIN_CALL_TIMEOUT,
+            ROUND,
         );
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = call => result,
         };
         match result {
-            Ok(response) if response.is_success() => {
-                match response.json::<InitBackupResponse>() {
-                    Ok(answer) => {
-                        info!(primary = %answer.primary, members = ?answer.members, "joined the cluster as a backup")
-                    }
-                    Err(_) => info!(%target, "joined the cluster as a backup"),
-                }
+            Ok(answer) => {
+                info!(primary = %answer.primary, members = ?answer.members, "joined the cluster as a backup");
                 return;
             }
-            Ok(response) => {
-                let primary = response
-                    .json::<ErrorBody>()
-                    .ok()
-                    .and_then(|body| body.primary);
-                if let Some(primary) = primary {
-                    // Redirected: ask the primary next, at once.
-                    next_targets.insert(0, primary);
-                    continue;
-                }
-                if response.status == 401 {
-                    warn!(%target, "the cluster refused our credentials; check the cluster secret");
-                } else {
-                    warn!(%target, status = response.status, "join refused; retrying");
-                }
+            Err(Error::Unauthorized(_)) => {
+                warn!("the cluster refused our credentials; check the cluster secret");
             }
-            Err(err) => warn!(%target, %err, "cannot reach the cluster to join; retrying"),
+            Err(err) => warn!(%err, "not joined yet; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

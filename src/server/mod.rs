@@ -18,6 +18,7 @@ mod driver;
 mod join;
 mod notify;
 mod peer_api;
+mod peer_call;
 mod peers;
 mod persist;
 mod read_api;
@@ -39,6 +40,7 @@ use tracing::{error, info, warn};
 
 pub use auth::{AUTH_HEADER, ClusterSecret};
 pub use credentials::LoginLimiter;
+pub use peer_call::post_to_primary;
 
 use crate::api::MAX_BODY_BYTES;
 use crate::client::http::HttpClient;
@@ -191,6 +193,7 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .route("/replication/messages", post(peer_api::messages))
         .route("/replication/init-backup", post(peer_api::init_backup))
         .route("/replication/set-backups", post(peer_api::set_backups))
+        .route("/replication/remove-server", post(peer_api::remove_server))
         .layer(DefaultBodyLimit::max(auth::MAX_PEER_BODY_BYTES));
     Router::new()
         .route("/client/init", post(client_api::init))

@@ -9,7 +9,10 @@ use axum::extract::State;
 
 use super::AppState;
 use super::response::JsonBody;
-use crate::api::{InitBackupRequest, InitBackupResponse, SetBackupsRequest};
+use crate::api::{
+    InitBackupRequest, InitBackupResponse, RemoveServerRequest, RemoveServerResponse,
+    SetBackupsRequest,
+};
 use crate::error::{Error, Result};
 use crate::replication::Envelope;
 
@@ -47,4 +50,16 @@ pub async fn set_backups(
 ) -> Result<Json<serde_json::Value>> {
     app.driver.set_backups(body).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// `POST /replication/remove-server`: an operator (holding the cluster secret) removes a
+/// server; answered once the configuration without it is applied on the primary.
+pub async fn remove_server(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<RemoveServerRequest>,
+) -> Result<Json<RemoveServerResponse>> {
+    let members = tokio::time::timeout(Duration::from_secs(10), app.driver.remove(body.id))
+        .await
+        .map_err(|_| Error::Unavailable("the removal did not commit in time".to_string()))??;
+    Ok(Json(RemoveServerResponse { members }))
 }

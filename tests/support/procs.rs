@@ -328,6 +328,11 @@ impl Cluster {
         exit
     }
 
+    /// The file holding the cluster secret.
+    pub fn secret_file(&self) -> &Path {
+        &self.secret_file
+    }
+
     /// The process id of server `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.servers[i].child.as_ref().map(Child::id)

@@ -1,0 +1,120 @@
+//! `understudy admin`: operator commands. `status` shows the cluster as a table; `remove`
+//! takes a (dead) server out of the configuration through the primary, so the rest keep a
+//! majority and a new server can join in its place.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use understudy::api::{RemoveServerRequest, RemoveServerResponse, StatusResponse};
+use understudy::client::HttpClient;
+use understudy::server::{ClusterSecret, post_to_primary};
+
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Servers to ask, HOST:PORT[,...] (any members).
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<String>,
+    /// The cluster secret file (needed for changes).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, instead of a file.
+    #[arg(
+        long = "cluster-secret",
+        env = "UNDERSTUDY_CLUSTER_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    cluster_secret: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AdminCommand {
+    /// Every member's role, term and progress, as a table.
+    Status,
+    /// Remove a server from the configuration (one at a time; not the primary itself).
+    Remove {
+        /// The server to remove, HOST:PORT as it is named in `members`.
+        #[arg(long)]
+        server: String,
+    },
+}
+
+pub async fn run(args: AdminArgs) -> Result<()> {
+    let http = HttpClient::with_timeout(Duration::from_secs(2));
+    match &args.command {
+        AdminCommand::Status => status(&http, &args.servers).await,
+        AdminCommand::Remove { server } => {
+            let secret = secret(&args)?;
+            let answer: RemoveServerResponse = post_to_primary(
+                &http,
+                &secret,
+                &args.servers,
+                "/replication/remove-server",
+                &RemoveServerRequest { id: server.clone() },
+                Duration::from_secs(12),
+                Duration::from_secs(15),
+            )
+            .await
+            .with_context(|| format!("cannot remove {server}"))?;
+            println!(
+                "removed {server}; members now: {}",
+                answer.members.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn secret(args: &AdminArgs) -> Result<ClusterSecret> {
+    let text = match (&args.cluster_secret_file, &args.cluster_secret) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, Some(secret)) => secret.clone(),
+        (None, None) => bail!("changes need --cluster-secret-file or UNDERSTUDY_CLUSTER_SECRET"),
+    };
+    Ok(ClusterSecret::new(&text)?)
+}
+
+/// Asks the given servers and every member they name; prints one row per server.
+async fn status(http: &HttpClient, servers: &[String]) -> Result<()> {
+    let mut all: BTreeSet<String> = servers.iter().cloned().collect();
+    let mut rows = Vec::new();
+    let mut asked = BTreeSet::new();
+    while let Some(server) = all.iter().find(|s| !asked.contains(*s)).cloned() {
+        asked.insert(server.clone());
+        let status = match http.get(&server, "/status", &[]).await {
+            Ok(response) => response.json::<StatusResponse>().ok(),
+            Err(_) => None,
+        };
+        if let Some(status) = &status {
+            all.extend(status.members.iter().cloned());
+        }
+        rows.push((server, status));
+    }
+    println!(
+        "{:<22} {:<9} {:>5} {:<22} {:>7} {:>7} {:>7} {:>8}",
+        "server", "role", "term", "primary", "commit", "applied", "clients", "messages"
+    );
+    for (server, status) in rows {
+        match status {
+            Some(s) => println!(
+                "{:<22} {:<9} {:>5} {:<22} {:>7} {:>7} {:>7} {:>8}",
+                server,
+                s.role,
+                s.term,
+                s.primary.unwrap_or_else(|| "-".to_string()),
+                s.commit_index,
+                s.applied_index,
+                s.clients,
+                s.messages
+            ),
+            None => println!("{server:<22} unreachable"),
+        }
+    }
+    Ok(())
+}

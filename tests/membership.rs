@@ -1,0 +1,141 @@
+//! Membership operations with real processes: an operator removes a dead server, and a new
+//! server joins in its place.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use understudy::client::{Client, ClientOptions};
+
+use support::procs::{Cluster, READY_TIMEOUT, deadline, wait_until};
+
+/// Runs `understudy admin` with the given arguments; returns (success, stdout + stderr).
+fn admin(cluster: &Cluster, servers: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["admin", "--servers", servers, "--cluster-secret-file"])
+        .arg(cluster.secret_file())
+        .args(args)
+        .env_remove("UNDERSTUDY_CLUSTER_SECRET")
+        .output()
+        .expect("admin runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Issue "Durability", must show 6: `admin remove` takes a dead server out of the
+/// configuration through the primary; the remaining two keep committing as a cluster of
+/// two; a new server joins in its place and receives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_server_is_removed_and_replaced() {
+    let mut cluster = Cluster::start(3).await;
+    let options = ClientOptions {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        retry_for: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(cluster.addrs(), options)
+        .await
+        .expect("init");
+    client
+        .register("ops", "ops-password")
+        .await
+        .expect("register");
+    client.login("ops", "ops-password").await.expect("login");
+    client
+        .send("before the removal")
+        .await
+        .expect("acknowledged");
+
+    let primary = cluster.primary_index().await;
+    let dead = cluster.backup_indexes().await[0];
+    let live = 3 - primary - dead;
+    let dead_addr = cluster.addr(dead).to_string();
+    cluster.kill(dead);
+
+    // Through a backup: the command follows the redirect to the primary.
+    let (ok, out) = admin(
+        &cluster,
+        cluster.addr(live),
+        &["remove", "--server", &dead_addr],
+    );
+    assert!(ok, "admin remove failed: {out}");
+    assert!(out.contains("removed"), "{out}");
+    for i in [primary, live] {
+        wait_until(
+            deadline(READY_TIMEOUT),
+            "the removal to be applied",
+            async || cluster.status(i).await.members.len() == 2,
+        )
+        .await;
+        assert!(!cluster.status(i).await.members.contains(&dead_addr));
+    }
+    for n in 0..10 {
+        client
+            .send(&format!("as a cluster of two {n}"))
+            .await
+            .expect("two servers still commit");
+    }
+
+    // Removing the primary itself, or without the secret, is refused.
+    let (ok, out) = admin(
+        &cluster,
+        cluster.addr(primary),
+        &["remove", "--server", cluster.addr(primary)],
+    );
+    assert!(!ok && out.contains("primary cannot remove itself"), "{out}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args([
+            "admin",
+            "--servers",
+            cluster.addr(primary),
+            "remove",
+            "--server",
+        ])
+        .arg(cluster.addr(live))
+        .env("UNDERSTUDY_CLUSTER_SECRET", "not-the-cluster-secret")
+        .output()
+        .expect("admin runs");
+    assert!(
+        !refused.status.success(),
+        "a wrong secret must not remove anyone"
+    );
+    assert_eq!(cluster.status(primary).await.members.len(), 2);
+
+    // A new server joins in the dead one's place and gets every message.
+    let primary_addr = cluster.addr(primary).to_string();
+    let new = cluster.add_server(&primary_addr).await;
+    wait_until(
+        deadline(READY_TIMEOUT),
+        "the new server to be a member",
+        async || {
+            let status = cluster.status(new).await;
+            status.role == "backup" && status.members.len() == 3
+        },
+    )
+    .await;
+    cluster.wait_replicated().await;
+    assert_eq!(cluster.messages(new).await, cluster.messages(primary).await);
+    assert_eq!(cluster.messages(new).await.len(), 11);
+
+    let (ok, out) = admin(&cluster, cluster.addr(primary), &["status"]);
+    assert!(ok, "{out}");
+    // One row per member, found from the one server named: the dead one is gone.
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&primary_addr) && r.contains("primary")),
+        "{out}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(cluster.addr(new)) && r.contains("backup")),
+        "{out}"
+    );
+    assert!(!out.contains(&dead_addr), "{out}");
+}
