@@ -145,6 +145,9 @@ const MAX_COMMANDS_PER_ROUND: usize = 1024;
 /// Capacity of the command queue; a full queue makes handlers wait (backpressure).
 pub const COMMAND_QUEUE: usize = 8192;
 
+/// A removal waiting for its configuration entry: (index, term proposed in, reply).
+type PendingRemoval = (Index, Term, oneshot::Sender<Result<Vec<NodeId>>>);
+
 /// The driver's state.
 pub struct Driver {
     node: Node,
@@ -157,8 +160,8 @@ pub struct Driver {
     /// Proposals waiting for their entry to be applied: index → (term proposed in, reply).
     pending: BTreeMap<Index, (Term, oneshot::Sender<Result<Outcome>>)>,
     joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
-    /// Removals waiting for their configuration entry: (index, term, reply).
-    removals: Vec<(Index, Term, oneshot::Sender<Result<Vec<NodeId>>>)>,
+    /// Removals waiting for their configuration entry.
+    removals: Vec<PendingRemoval>,
     storage: mpsc::UnboundedSender<Batch>,
     peers: Peers,
     notifier: Notifier,
