@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::message::{Entry, NodeId, Term};
+use super::message::{Entry, Index, NodeId, Term};
 
 /// The state a server must never forget: the latest term it has seen and whom it voted for
 /// in that term. Persisted before any message that depends on it is sent.
@@ -20,4 +20,13 @@ pub enum Write {
     /// Drop every entry from `entries[0].index` on, then append `entries` (contiguous,
     /// never empty). Appending at the end drops nothing.
     Entries(Vec<Entry>),
+}
+
+/// What a snapshot of the applied state covers: every entry up to `index` (whose term is
+/// `term`), and the configuration in force at that point.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub members: Vec<NodeId>,
 }

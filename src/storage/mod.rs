@@ -14,6 +14,7 @@
 //! |------------|---------------------------------------------------|---------------------|
 //! | `log`      | every write, in order, as checksummed records     | [`LogStore`]        |
 //! | `identity` | the server's advertised address                   | [`save_identity`]   |
+//! | `snapshot` | the applied state up to some index, checksummed   | [`save_snapshot`]   |
 //!
 //! What is guaranteed, and what is not:
 //!
@@ -27,10 +28,12 @@
 
 mod identity;
 mod record;
+mod snapshot;
 mod wal;
 
 pub use identity::{load_identity, save_identity};
 pub use record::{MAX_RECORD_LEN, Recovered};
+pub use snapshot::{Snapshot, load_snapshot, load_snapshot_bytes, save_snapshot};
 pub use wal::LogStore;
 
 use std::fs::File;
