@@ -1,26 +1,40 @@
-//! The replicated log as the core sees it: an in-memory sequence of entries, indexed from 1,
-//! with the latest configuration entry at hand. Durability is the driver's job; the core
-//! tells it what to write through [`super::Write`].
+//! The replicated log as the core sees it: an in-memory sequence of entries after a
+//! snapshot base (index 0 when there is no snapshot), with the latest configuration entry at
+//! hand. Durability is the driver's job; the core tells it what to write through
+//! [`super::Write`].
+//!
+//! Entries up to the base are compacted away: they are committed and covered by a snapshot
+//! of the applied state, which stands in for them (their last index, term and configuration
+//! are kept as the base).
 
 use super::message::{Entry, Index, NodeId, Payload, Term};
+use super::persist::SnapshotMeta;
 
-/// The in-memory log. `entries[i].index == i + 1` always holds.
+/// The in-memory log. `entries[i].index == base.index + i + 1` always holds.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
+    /// What the compacted prefix ended with.
+    base: SnapshotMeta,
     entries: Vec<Entry>,
-    /// Indexes of the configuration entries, ascending, so the latest configuration is found
-    /// without scanning the log.
+    /// Indexes of the configuration entries after the base, ascending, so the latest
+    /// configuration is found without scanning the log.
     config_indexes: Vec<Index>,
 }
 
 impl Log {
     /// A log holding `entries`, which must be contiguous from index 1.
     pub fn new(entries: Vec<Entry>) -> Log {
+        Log::with_base(SnapshotMeta::default(), entries)
+    }
+
+    /// A log whose entries up to `base.index` are compacted into a snapshot, holding
+    /// `entries`, which must be contiguous from `base.index + 1`.
+    pub fn with_base(base: SnapshotMeta, entries: Vec<Entry>) -> Log {
         for (i, entry) in entries.iter().enumerate() {
             assert_eq!(
                 entry.index,
-                i as Index + 1,
-                "log entries must be contiguous from 1"
+                base.index + i as Index + 1,
+                "log entries must be contiguous after the base"
             );
         }
         let config_indexes = entries
@@ -29,38 +43,48 @@ impl Log {
             .map(|e| e.index)
             .collect();
         Log {
+            base,
             entries,
             config_indexes,
         }
     }
 
-    /// The index of the last entry, 0 when empty.
+    /// The index of the last entry (the base's when no entry follows it).
     pub fn last_index(&self) -> Index {
-        self.entries.len() as Index
+        self.base.index + self.entries.len() as Index
     }
 
-    /// The term of the last entry, 0 when empty.
+    /// The term of the last entry (the base's when no entry follows it).
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(0, |e| e.term)
+        self.entries.last().map_or(self.base.term, |e| e.term)
     }
 
-    /// The term of the entry at `index`; index 0 has term 0; `None` past the end.
+    /// The last index compacted into the snapshot (0 if none).
+    pub fn base_index(&self) -> Index {
+        self.base.index
+    }
+
+    /// The term of the entry at `index`: the base's at the base, `None` past the end and
+    /// before the base (compacted: committed, but no longer known here).
     pub fn term_at(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
+        if index == self.base.index {
+            return Some(self.base.term);
         }
         self.get(index).map(|e| e.term)
     }
 
-    /// The entry at `index`.
+    /// The entry at `index`, if it is held (after the base, up to the last).
     pub fn get(&self, index: Index) -> Option<&Entry> {
-        let position = usize::try_from(index.checked_sub(1)?).ok()?;
+        let position = usize::try_from(index.checked_sub(self.base.index + 1)?).ok()?;
         self.entries.get(position)
     }
 
-    /// Up to `max` entries from `from` on (fewer at the end of the log).
+    /// Up to `max` entries from `from` on (fewer at the end of the log; none before the base).
     pub fn entries_from(&self, from: Index, max: usize) -> Vec<Entry> {
-        let start = (from.max(1) - 1) as usize;
+        if from <= self.base.index {
+            return Vec::new();
+        }
+        let start = (from - self.base.index - 1) as usize;
         if start >= self.entries.len() {
             return Vec::new();
         }
@@ -89,7 +113,8 @@ impl Log {
 
     /// Merges entries received from a primary (Raft §5.3): entries already present with the
     /// same term are kept, the first one that differs cuts the log there, and the rest are
-    /// appended. Returns the entries that changed the log (to be persisted), which are
+    /// appended. Entries at or before the base are committed and already covered, so they
+    /// are skipped. Returns the entries that changed the log (to be persisted), which are
     /// contiguous, and the index the log was cut at, if it was.
     pub fn merge(&mut self, entries: Vec<Entry>) -> (Vec<Entry>, Option<Index>) {
         let mut new = Vec::new();
@@ -97,6 +122,9 @@ impl Log {
         for entry in entries {
             if !new.is_empty() {
                 new.push(entry);
+                continue;
+            }
+            if entry.index <= self.base.index {
                 continue;
             }
             match self.term_at(entry.index) {
@@ -124,13 +152,56 @@ impl Log {
 
     /// The latest configuration in the log (committed or not), with its index.
     pub fn config(&self) -> (Index, Vec<NodeId>) {
+        self.config_at(self.last_index())
+    }
+
+    /// The configuration in force at `index`: the latest one at or before it.
+    pub fn config_at(&self, index: Index) -> (Index, Vec<NodeId>) {
         self.config_indexes
-            .last()
-            .and_then(|&index| match &self.get(index)?.payload {
-                Payload::Config(members) => Some((index, members.clone())),
+            .iter()
+            .rev()
+            .filter(|&&i| i <= index)
+            .find_map(|&i| match &self.get(i)?.payload {
+                Payload::Config(members) => Some((i, members.clone())),
                 _ => None,
             })
-            .unwrap_or_default()
+            .unwrap_or_else(|| (self.base.index, self.base.members.clone()))
+    }
+
+    /// What a snapshot taken at `index` (held, or the base) covers.
+    pub fn meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        Some(SnapshotMeta {
+            index,
+            term: self.term_at(index)?,
+            members: self.config_at(index).1,
+        })
+    }
+
+    /// Drops the entries up to `index` (held, and committed: the caller has a snapshot of
+    /// the state there). The snapshot's meta becomes the base.
+    pub fn compact(&mut self, index: Index) {
+        if index <= self.base.index {
+            return;
+        }
+        let meta = self.meta_at(index).expect("compacting only held entries");
+        let drop = (index - self.base.index) as usize;
+        self.entries.drain(..drop);
+        self.config_indexes.retain(|&i| i > index);
+        self.base = meta;
+    }
+
+    /// Replaces the log with a snapshot received from the primary (Raft §7): if an entry
+    /// with the snapshot's index and term is held, the entries after it stay (they agree
+    /// with the primary); otherwise the whole log goes.
+    pub fn install(&mut self, meta: SnapshotMeta) {
+        if self.term_at(meta.index) == Some(meta.term) && meta.index >= self.base.index {
+            self.compact(meta.index);
+            self.base = meta;
+        } else {
+            self.entries.clear();
+            self.config_indexes.clear();
+            self.base = meta;
+        }
     }
 
     /// The first index whose entry has the same term as the entry at `index`: used to skip a
@@ -140,7 +211,7 @@ impl Log {
             return index;
         };
         let mut first = index;
-        while first > 1 && self.term_at(first - 1) == Some(term) {
+        while first > self.base.index + 1 && self.term_at(first - 1) == Some(term) {
             first -= 1;
         }
         first
@@ -158,9 +229,10 @@ impl Log {
         self.entries.push(entry);
     }
 
-    /// Drops every entry from `from` on.
+    /// Drops every entry from `from` on (never the base).
     fn truncate(&mut self, from: Index) {
-        self.entries.truncate((from.max(1) - 1) as usize);
+        assert!(from > self.base.index, "the compacted prefix is committed");
+        self.entries.truncate((from - self.base.index - 1) as usize);
         self.config_indexes.retain(|&i| i < from);
     }
 }
@@ -168,6 +240,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::SnapshotMeta;
 
     fn entry(index: Index, term: Term) -> Entry {
         Entry {
@@ -207,5 +280,53 @@ mod tests {
         assert_eq!(log.config(), (3, vec!["a".to_string(), "b".to_string()]));
         log.merge(vec![entry(3, 2)]);
         assert_eq!(log.config(), (1, vec!["a".to_string()]));
+    }
+
+    /// Compaction keeps what the snapshot cannot stand in for: the entries after it, and the
+    /// configuration in force at its index.
+    #[test]
+    fn compaction_keeps_the_suffix_and_the_configuration() {
+        let config = Entry {
+            term: 1,
+            index: 2,
+            payload: Payload::Config(vec!["a".to_string(), "b".to_string()]),
+        };
+        let mut log = Log::new(vec![entry(1, 1), config, entry(3, 1), entry(4, 2)]);
+        log.compact(3);
+        assert_eq!(log.base_index(), 3);
+        assert_eq!(log.term_at(3), Some(1));
+        assert_eq!(log.term_at(2), None, "compacted");
+        assert_eq!(log.get(4), Some(&entry(4, 2)));
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.config(), (3, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(log.entries_from(2, 10), Vec::new());
+        assert_eq!(log.entries_from(4, 10), vec![entry(4, 2)]);
+        // Entries the snapshot covers are skipped when they arrive again.
+        let (new, cut) = log.merge(vec![entry(3, 1), entry(4, 2), entry(5, 2)]);
+        assert_eq!((new, cut), (vec![entry(5, 2)], None));
+    }
+
+    /// Raft §7: a received snapshot keeps the log after it only if the log agrees at its
+    /// index; otherwise the log is replaced whole.
+    #[test]
+    fn installing_a_snapshot_keeps_only_an_agreeing_suffix() {
+        let meta = |index, term| SnapshotMeta {
+            index,
+            term,
+            members: vec!["a".to_string()],
+        };
+        let mut agreeing = Log::new(vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+        agreeing.install(meta(2, 1));
+        assert_eq!((agreeing.base_index(), agreeing.last_index()), (2, 3));
+
+        let mut conflicting = Log::new(vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+        conflicting.install(meta(2, 5));
+        assert_eq!((conflicting.base_index(), conflicting.last_index()), (2, 2));
+        assert_eq!(conflicting.last_term(), 5);
+
+        let mut short = Log::new(vec![entry(1, 1)]);
+        short.install(meta(7, 3));
+        assert_eq!((short.last_index(), short.last_term()), (7, 3));
+        assert_eq!(short.config(), (7, vec!["a".to_string()]));
     }
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::log::Log;
 use super::message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
-use super::persist::{HardState, Write};
+use super::persist::{HardState, SnapshotMeta, Write};
 use super::progress::Progress;
 use crate::error::{Error, Result};
 
@@ -177,15 +177,29 @@ impl Node {
         opts: Options,
         seed: u64,
     ) -> Node {
-        let log = Log::new(entries);
+        Node::restore(id, hard_state, SnapshotMeta::default(), entries, opts, seed)
+    }
+
+    /// A node resuming from a snapshot (covering the log up to `snapshot.index`, which is
+    /// therefore committed and applied) and the entries after it.
+    pub fn restore(
+        id: NodeId,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        entries: Vec<Entry>,
+        opts: Options,
+        seed: u64,
+    ) -> Node {
+        let base = snapshot.index;
+        let log = Log::with_base(snapshot, entries);
         let mut node = Node {
             id,
             term: hard_state.term,
             vote: hard_state.vote,
             persisted: log.last_index(),
             log,
-            commit: 0,
-            applied: 0,
+            commit: base,
+            applied: base,
             role: Role::Backup(Backup {
                 primary: None,
                 idle_ticks: 0,
@@ -326,6 +340,22 @@ impl Node {
         // Fewer members may already make a majority for what is pending.
         self.maybe_commit();
         Ok(index)
+    }
+
+    /// What a snapshot of the applied state at `index` would cover (its term and
+    /// configuration); `None` if the log no longer holds `index` or has not applied it.
+    pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
+        if index > self.applied {
+            return None;
+        }
+        self.log.meta_at(index)
+    }
+
+    /// The driver saved a snapshot of the applied state at `index`: the log up to there is no
+    /// longer needed. A backup that needs those entries later gets the snapshot instead.
+    pub fn compact(&mut self, index: Index) {
+        assert!(index <= self.applied, "only applied entries are compacted");
+        self.log.compact(index);
     }
 
     /// The driver made our own log durable up to `index`, whose entry has `term`. A report
@@ -514,6 +544,10 @@ impl Node {
         }
 
         let last_index = self.log.last_index();
+        // Entries up to our snapshot are committed, so they match the primary's whatever
+        // `prev_term` says; `merge` skips the ones the snapshot covers.
+        let prev_matches =
+            prev_index < self.log.base_index() || self.log.term_at(prev_index) == Some(prev_term);
         if prev_index > last_index {
             // A gap: ask for what is missing instead of applying out of order.
             self.send(
@@ -526,7 +560,7 @@ impl Node {
             );
             return;
         }
-        if self.log.term_at(prev_index) != Some(prev_term) {
+        if !prev_matches {
             // Skip the whole conflicting term; committed entries always match.
             let hint = (self.log.first_index_of_term_at(prev_index) - 1).max(self.commit);
             self.send(
