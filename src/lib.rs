@@ -16,6 +16,7 @@ pub mod client;
 pub mod error;
 pub mod replication;
 pub mod server;
+#[cfg(test)] mod sim;
 pub mod storage;
 
 pub use error::{Error, Result};

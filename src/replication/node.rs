@@ -370,6 +370,9 @@ impl Node {
     /// Drains everything the driver must do, in order. The primary sends its pending appends
     /// here, so that proposals made since the last call travel in one batch.
     pub fn ready(&mut self) -> Vec<Output> {
+        // Whatever moved since the last call (an acknowledgement, our own fsync, a join
+        // request) may have made a learner ready to become a member.
+        self.maybe_promote_learner();
         self.send_appends();
         let mut outputs: Vec<Output> = Vec::with_capacity(self.outputs.len());
         for output in std::mem::take(&mut self.outputs) {

@@ -157,6 +157,8 @@ pub struct Driver {
     applied_members: Vec<NodeId>,
     /// See [`View::primary_ready`].
     primary_ready: bool,
+    /// The latest term (and vote) known to be on disk.
+    durable_term: Term,
     /// Proposals waiting for their entry to be applied: index → (term proposed in, reply).
     pending: BTreeMap<Index, (Term, oneshot::Sender<Result<Outcome>>)>,
     joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
@@ -169,6 +171,7 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// `node` must have been restored from durable state (its term is on disk).
     pub fn new(
         node: Node,
         storage: mpsc::UnboundedSender<Batch>,
@@ -176,12 +179,14 @@ impl Driver {
         notifier: Notifier,
         printer: mpsc::UnboundedSender<String>,
     ) -> Driver {
+        let durable_term = node.term();
         Driver {
             node,
             state: State::new(),
             applied: 0,
             applied_members: Vec::new(),
             primary_ready: false,
+            durable_term,
             pending: BTreeMap::new(),
             joins: Vec::new(),
             removals: Vec::new(),
@@ -224,7 +229,14 @@ impl Driver {
                     }
                 }
                 Some(event) = persisted.recv() => match event {
-                    Persisted::Log { index, term } => self.node.persisted(index, term),
+                    Persisted::Durable { log, term } => {
+                        if let Some((index, term)) = log {
+                            self.node.persisted(index, term);
+                        }
+                        if let Some(term) = term {
+                            self.durable_term = self.durable_term.max(term);
+                        }
+                    }
                     Persisted::Failed(err) => {
                         self.fail_pending(|| Error::Unavailable("storage failed".to_string()));
                         return Err(err);
@@ -290,8 +302,14 @@ impl Driver {
             match output {
                 Output::Write(write) => batch.writes.push(write),
                 // Appends carry entries, not promises about our disk: they need not wait for
-                // our fsync, and the primary counts its own copy only once it is durable.
-                Output::Send(envelope) if matches!(envelope.message, Message::Append { .. }) => {
+                // our fsync (the primary counts its own copy only once it is durable). Their
+                // term must be on disk, though: a primary elected by its own vote alone
+                // (a cluster of one) that crashed before its term was durable could be
+                // elected again in that term with another log.
+                Output::Send(envelope)
+                    if matches!(envelope.message, Message::Append { .. })
+                        && envelope.term <= self.durable_term =>
+                {
                     self.peers.send(envelope)
                 }
                 Output::Send(envelope) => batch.sends.push(envelope),

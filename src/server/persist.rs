@@ -33,8 +33,12 @@ impl Batch {
 /// What the worker tells the driver.
 #[derive(Debug)]
 pub enum Persisted {
-    /// The log is durable up to this entry.
-    Log { index: Index, term: Term },
+    /// Writes are durable: the log up to `log` (if entries were written), and a term and vote
+    /// of `term` (if one was written).
+    Durable {
+        log: Option<(Index, Term)>,
+        term: Option<Term>,
+    },
     /// Storage failed; the server must stop rather than acknowledge what it cannot keep.
     Failed(Error),
 }
@@ -56,10 +60,10 @@ pub fn spawn(
                     batches.push(more);
                 }
                 match write_all(&mut store, &batches, fsync) {
-                    Ok(Some((index, term))) => {
-                        let _ = events.send(Persisted::Log { index, term });
+                    Ok((None, None)) => {}
+                    Ok((log, term)) => {
+                        let _ = events.send(Persisted::Durable { log, term });
                     }
-                    Ok(None) => {}
                     Err(err) => {
                         error!(%err, "storage failed");
                         let _ = events.send(Persisted::Failed(err));
@@ -74,23 +78,27 @@ pub fn spawn(
     Ok(tx)
 }
 
-/// Writes every batch and syncs once (or, without fsync, only hands them to the OS); returns the last entry now durable, if entries were
-/// written. Each entry write ends the log at its last entry, so the last one written is the
-/// log's end.
+/// Writes every batch and syncs once (or, without fsync, only hands them to the OS).
+/// Returns the last entry now durable, if entries were written (each entry write ends the log
+/// at its last entry, so the last one written is the log's end), and the last term written.
 fn write_all(
     store: &mut LogStore,
     batches: &[Batch],
     fsync: bool,
-) -> crate::Result<Option<(Index, Term)>> {
+) -> crate::Result<(Option<(Index, Term)>, Option<Term>)> {
     let mut last = None;
+    let mut term = None;
     let mut wrote = false;
     for write in batches.iter().flat_map(|b| &b.writes) {
         store.write(write)?;
         wrote = true;
-        if let Write::Entries(entries) = write
-            && let Some(entry) = entries.last()
-        {
-            last = Some((entry.index, entry.term));
+        match write {
+            Write::Entries(entries) => {
+                if let Some(entry) = entries.last() {
+                    last = Some((entry.index, entry.term));
+                }
+            }
+            Write::HardState(state) => term = Some(state.term),
         }
     }
     match (wrote, fsync) {
@@ -98,5 +106,5 @@ fn write_all(
         (true, false) => store.flush()?,
         (false, _) => {}
     }
-    Ok(last)
+    Ok((last, term))
 }

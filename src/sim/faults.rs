@@ -32,8 +32,8 @@ pub struct Plan {
     pub max_sync_delay: Time,
     /// The nemesis strikes about this often.
     pub nemesis_every: Time,
-    /// Relative weights of crash, pause, partition and doing nothing.
-    pub weights: [u32; 4],
+    /// Relative weights of crash, pause, partition, removing a member, and doing nothing.
+    pub weights: [u32; 5],
     /// A crashed server restarts, a paused one resumes, a partition heals within this.
     pub max_outage: Time,
     pub clients: usize,
@@ -45,6 +45,8 @@ pub enum Fault {
     Crash(usize),
     Pause(usize),
     Partition,
+    /// The primary removes a member (which later asks to join again).
+    Remove,
     Nothing,
 }
 
@@ -77,6 +79,7 @@ impl Plan {
                 pick(rng, &[1, 3]),
                 pick(rng, &[0, 1, 2]),
                 pick(rng, &[1, 3]),
+                pick(rng, &[0, 1]),
                 pick(rng, &[0, 2]),
             ],
             max_outage: pick(rng, &[100, 300, 800]),
@@ -95,6 +98,7 @@ impl Plan {
                     0 => Fault::Crash(server),
                     1 => Fault::Pause(server),
                     2 => Fault::Partition,
+                    3 => Fault::Remove,
                     _ => Fault::Nothing,
                 };
             }

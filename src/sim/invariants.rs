@@ -8,24 +8,35 @@
 use std::collections::BTreeMap;
 
 use super::{Invariant, Violation};
-use crate::app::Outcome;
-use crate::replication::{Entry, Envelope, Message, NodeId, Term};
+use crate::app::{Command, Outcome, Request};
+use crate::replication::{Entry, Envelope, Message, NodeId, Payload, Term};
 
 /// The record of a run, as far as safety is concerned.
 pub struct Invariants {
-    /// term → (primary, its incarnation).
-    primaries: BTreeMap<Term, (NodeId, u64)>,
+    /// term → its primary.
+    primaries: BTreeMap<Term, Claim>,
     /// (voter, term) → the candidate it granted its vote to.
     votes: BTreeMap<(NodeId, Term), NodeId>,
     check_votes: bool,
     /// Every committed entry, by index - 1: applies go in order from 1 on every server, so
     /// what was ever applied anywhere is a prefix of the log.
     committed: Vec<Entry>,
+    /// The term each entry was committed in: the term of the first server that applied it,
+    /// which is the primary that committed it.
+    committed_in: Vec<Term>,
     /// The application's outcome of each committed command.
     outcomes: Vec<Option<Outcome>>,
     /// Per server: its term in memory (current incarnation) and the highest durable term.
     terms: Vec<Term>,
     durable_terms: Vec<Term>,
+}
+
+/// A server that became primary of a term.
+struct Claim {
+    id: NodeId,
+    incarnation: u64,
+    /// Whether it sent anything in that term: from then on others may act on its primacy.
+    spoke: bool,
 }
 
 impl Invariants {
@@ -35,10 +46,16 @@ impl Invariants {
             votes: BTreeMap::new(),
             check_votes,
             committed: Vec::new(),
+            committed_in: Vec::new(),
             outcomes: Vec::new(),
             terms: vec![0; servers],
             durable_terms: vec![0; servers],
         }
+    }
+
+    /// The highest term that has had a primary.
+    pub fn newest_primary_term(&self) -> Term {
+        self.primaries.keys().next_back().copied().unwrap_or(0)
     }
 
     /// The highest committed index so far.
@@ -47,7 +64,10 @@ impl Invariants {
     }
 
     /// A server became primary: it must be the only one of its term (Raft §5.2), and its log
-    /// must hold every entry committed so far (leader completeness, Raft §5.4.1).
+    /// must hold every entry committed in an earlier term (leader completeness, Raft §5.4.1).
+    /// Entries committed in its own term or a later one are not owed: a candidate whose
+    /// votes were delayed may win an old term after newer terms committed entries; it can
+    /// commit nothing there, since a majority has moved on.
     pub fn became_primary(
         &mut self,
         id: &NodeId,
@@ -56,35 +76,41 @@ impl Invariants {
         log: &[Entry],
     ) -> Result<(), Violation> {
         match self.primaries.get(&term) {
-            Some((other, other_incarnation)) if other != id || *other_incarnation != incarnation => {
+            Some(claim) if claim.id != *id || claim.incarnation != incarnation => {
                 return Err(Violation::new(
                     Invariant::OnePrimaryPerTerm,
                     format!(
-                        "two primaries in term {term}: {other} (incarnation {other_incarnation}) \
-                         and {id} (incarnation {incarnation})"
+                        "two primaries in term {term}: {} (incarnation {}) and {id} \
+                         (incarnation {incarnation})",
+                        claim.id, claim.incarnation
                     ),
                 ));
             }
-            _ => {
-                self.primaries.insert(term, (id.clone(), incarnation));
+            Some(_) => {}
+            None => {
+                self.primaries.insert(
+                    term,
+                    Claim {
+                        id: id.clone(),
+                        incarnation,
+                        spoke: false,
+                    },
+                );
             }
         }
-        for committed in &self.committed {
+        for (committed, &committed_in) in self.committed.iter().zip(&self.committed_in) {
+            if committed_in >= term {
+                continue;
+            }
             let held = log.get(committed.index as usize - 1);
             if held != Some(committed) {
                 return Err(Violation::new(
                     Invariant::PrimaryHasAllCommitted,
                     format!(
-                        "{id} became primary of term {term} with {} at index {} where {}@{} \
-                         ({:?}) is committed",
-                        held.map_or("nothing".to_string(), |e| format!(
-                            "{}@{} ({:?})",
-                            e.index, e.term, e.payload
-                        )),
-                        committed.index,
-                        committed.index,
-                        committed.term,
-                        committed.payload
+                        "{id} became primary of term {term} holding {} where {} was committed \
+                         in term {committed_in}",
+                        held.map_or(format!("nothing at {}", committed.index), show),
+                        show(committed)
                     ),
                 ));
             }
@@ -92,11 +118,12 @@ impl Invariants {
         Ok(())
     }
 
-    /// A server applied `entry` (the server checked the order): it must be the entry every
-    /// other server applied at that index, with the same outcome.
+    /// A server in `term` applied `entry` (the server checked the order): it must be the
+    /// entry every other server applied at that index, with the same outcome.
     pub fn applied(
         &mut self,
         id: &NodeId,
+        term: Term,
         entry: &Entry,
         outcome: &Option<Outcome>,
     ) -> Result<(), Violation> {
@@ -104,22 +131,22 @@ impl Invariants {
         match self.committed.get(position) {
             None => {
                 // The server applied every index before this one, so this extends the prefix.
-                assert_eq!(position, self.committed.len(), "applies are checked in order");
+                assert_eq!(
+                    position,
+                    self.committed.len(),
+                    "applies are checked in order"
+                );
                 self.committed.push(entry.clone());
+                self.committed_in.push(term);
                 self.outcomes.push(outcome.clone());
                 Ok(())
             }
             Some(committed) if committed != entry => Err(Violation::new(
                 Invariant::CommittedNeverChanges,
                 format!(
-                    "{id} applied {}@{} ({:?}) at index {} where {}@{} ({:?}) was committed",
-                    entry.index,
-                    entry.term,
-                    entry.payload,
-                    entry.index,
-                    committed.index,
-                    committed.term,
-                    committed.payload
+                    "{id} applied {} where {} was committed",
+                    show(entry),
+                    show(committed)
                 ),
             )),
             Some(_) if &self.outcomes[position] != outcome => Err(Violation::new(
@@ -135,6 +162,11 @@ impl Invariants {
 
     /// A message left a server: a granted vote must be the voter's only one in that term.
     pub fn sent(&mut self, envelope: &Envelope) -> Result<(), Violation> {
+        if let Some(claim) = self.primaries.get_mut(&envelope.term)
+            && claim.id == envelope.from
+        {
+            claim.spoke = true;
+        }
         if !self.check_votes {
             return Ok(());
         }
@@ -176,7 +208,12 @@ impl Invariants {
 
     /// The server's durable term changed (a sync, a crash keeping some writes): never lower
     /// than a term it had made durable before, whatever happened in between.
-    pub fn durable_term(&mut self, server: usize, id: &NodeId, term: Term) -> Result<(), Violation> {
+    pub fn durable_term(
+        &mut self,
+        server: usize,
+        id: &NodeId,
+        term: Term,
+    ) -> Result<(), Violation> {
         if term < self.durable_terms[server] {
             return Err(Violation::new(
                 Invariant::TermsNeverDecrease,
@@ -188,6 +225,19 @@ impl Invariants {
         }
         self.durable_terms[server] = term;
         Ok(())
+    }
+
+    /// A server crashed with `durable_term` on disk. Its primacy in a later term that it never
+    /// made durable nor told anyone about left no trace: electing it again in that term (with
+    /// a vote it forgot) harms nobody, so that claim is forgotten too. A primacy that was
+    /// spoken of stays, and a second election in its term is a violation.
+    pub fn crashed(&mut self, id: &NodeId, incarnation: u64, durable_term: Term) {
+        self.primaries.retain(|&term, claim| {
+            term <= durable_term
+                || claim.spoke
+                || claim.id != *id
+                || claim.incarnation != incarnation
+        });
     }
 
     /// A server restarted: it resumes from its durable term, which the next `term_now` checks
@@ -205,4 +255,21 @@ impl Invariants {
         self.terms[server] = term;
         Ok(())
     }
+}
+
+/// An entry in a violation message: `244@5 message c1#121`.
+pub fn show(entry: &Entry) -> String {
+    let what = match &entry.payload {
+        Payload::Noop => "noop".to_string(),
+        Payload::Config(members) => format!("config {members:?}"),
+        Payload::Command(bytes) => match Request::decode(bytes).map(|r| r.command) {
+            Ok(Command::InitClient { client_id, .. }) => format!("init {client_id}"),
+            Ok(Command::Register { username, .. }) => format!("register {username}"),
+            Ok(Command::Login { client_id, .. }) => format!("login {client_id}"),
+            Ok(Command::Logout { client_id, .. }) => format!("logout {client_id}"),
+            Ok(Command::Message { client_id, seq, .. }) => format!("message {client_id}#{seq}"),
+            Err(err) => format!("undecodable command ({err})"),
+        },
+    };
+    format!("{}@{} {what}", entry.index, entry.term)
 }

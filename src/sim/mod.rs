@@ -13,9 +13,11 @@
 //! | disk | per server a durable log and hard state, and writes not yet synced; a sync makes them durable, then releases the messages that waited for them; a crash keeps the durable part and a random prefix of the rest | `storage.rs` |
 //! | driver | outputs carried out in order; committed entries applied to the application; proposals waiting for their index, answered as `driver.rs` does | `server.rs` |
 //! | network | seeded delays, drops, duplicates (hence reordering), partitions that heal | `network.rs` |
-//! | nemesis | crashes and restarts, pauses (a frozen process), partitions, per-run hostility | `faults.rs` |
+//! | nemesis | crashes and restarts, pauses (a frozen process), partitions, removal of a member (which joins again), per-run hostility | `faults.rs`, `nemesis.rs` |
 //! | clients | log in, then post numbered messages through whoever is primary, retrying the same `(client, seq, text)` after a timeout or a refusal | `clients.rs` |
+//! | loop | the event queue, the servers' reactions, the healing phase and the end | `runner.rs` |
 //! | checks | safety after every step; the client history at the end | `invariants.rs`, `history.rs` |
+//! | scenarios | hand-driven reproductions of what the sweeps found | `scenarios.rs` |
 //!
 //! A run has two phases. For `steps` events every fault is allowed. Then the network heals,
 //! crashed servers restart, paused ones resume, and the run continues until it is quiet:
@@ -40,8 +42,10 @@ mod clock;
 mod faults;
 mod history;
 mod invariants;
+mod nemesis;
 mod network;
 mod runner;
+mod scenarios;
 mod server;
 mod storage;
 mod tests;
@@ -106,7 +110,7 @@ impl SimConfig {
 }
 
 /// Events per run before healing, unless a test asks for another length.
-pub const DEFAULT_STEPS: u64 = 2_000;
+pub const DEFAULT_STEPS: u64 = 5_000;
 
 /// The property a failed run broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +189,8 @@ impl fmt::Display for Failure {
 pub struct Report {
     /// Events simulated, healing phase included.
     pub steps: u64,
+    /// Events the healing phase took to settle.
+    pub healing_steps: u64,
     pub time: Time,
     /// The highest committed index.
     pub committed: u64,
@@ -195,13 +201,18 @@ pub struct Report {
     pub crashes: u64,
     pub pauses: u64,
     pub partitions: u64,
+    /// Members removed (each asks to join again later).
+    pub removals: u64,
     /// Messages the network dropped (drops, partitions, dead or paused receivers).
     pub dropped: u64,
     /// Client requests that timed out.
     pub timeouts: u64,
     /// Client requests refused by a primary's pre-check against an applied state that had
-    /// not caught up with what was already acknowledged (see the module doc of `clients.rs`).
+    /// not caught up with what was already acknowledged (see the module doc of `clients.rs`):
+    /// only a deposed primary that does not know it yet should do that.
     pub stale_prechecks: u64,
+    /// The first of them, described.
+    pub stale_precheck: Option<String>,
     /// Whether the cluster started from one server that the others joined.
     pub joined: bool,
     /// Whether appends also waited for the writes before them.

@@ -61,7 +61,9 @@ impl Network {
 
     /// Whether servers `a` and `b` can talk right now.
     pub fn connected(&self, a: usize, b: usize) -> bool {
-        self.groups.as_ref().is_none_or(|groups| groups[a] == groups[b])
+        self.groups
+            .as_ref()
+            .is_none_or(|groups| groups[a] == groups[b])
     }
 
     pub fn is_partitioned(&self) -> bool {
@@ -105,7 +107,13 @@ impl Network {
 
 /// A message as one trace line, e.g. `n1@3 -> n2 Append prev=5@2 [6@3 7@3] commit=5`.
 pub fn describe(env: &Envelope) -> String {
-    let head = format!("{}@{} -> {} {}", env.from, env.term, env.to, env.message.kind());
+    let head = format!(
+        "{}@{} -> {} {}",
+        env.from,
+        env.term,
+        env.to,
+        env.message.kind()
+    );
     match &env.message {
         Message::Append {
             prev_index,

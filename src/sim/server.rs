@@ -64,6 +64,9 @@ pub struct Server {
     pub storage: Storage,
     pub state: State,
     pub applied: Index,
+    /// The driver's `primary_ready`: primary, and its own term's no-op applied (with it every
+    /// earlier entry), so its pre-checks see every committed change.
+    primary_ready: bool,
     /// Proposals waiting to be applied: index → (term proposed in, who waits).
     pending: BTreeMap<Index, (Term, Waiter)>,
     /// A paused server is frozen: no ticks, no syncs, no messages.
@@ -90,6 +93,7 @@ impl Server {
             storage,
             state: State::new(),
             applied: 0,
+            primary_ready: false,
             pending: BTreeMap::new(),
             paused: false,
             hold_messages: false,
@@ -104,23 +108,27 @@ impl Server {
 
     /// Starts (or restarts) the server from its durable state, with a fresh application state
     /// that is rebuilt as entries are committed again. An empty disk on the bootstrapping
-    /// server starts a new cluster, as `server::serve` does.
-    pub fn start(&mut self, opts: &Options, seed: u64) {
+    /// server starts a new cluster, as `server::serve` does. Returns the term the node
+    /// resumed in (before any bootstrap election).
+    pub fn start(&mut self, opts: &Options, seed: u64) -> Term {
         let (hard_state, log): (HardState, Vec<Entry>) = self.storage.durable();
         let fresh = log.is_empty();
         let mut node = Node::new(self.id.clone(), hard_state, log, opts.clone(), seed);
+        let term = node.term();
         if fresh && self.bootstraps {
             node.bootstrap();
         }
         self.node = Some(node);
         self.state = State::new();
         self.applied = 0;
+        self.primary_ready = false;
         self.pending.clear();
         self.paused = false;
         self.held.clear();
         self.epoch += 1;
         self.incarnation += 1;
         self.sync_scheduled = false;
+        term
     }
 
     /// A crash: the process and every unsynced write beyond `keep` of them are gone.
@@ -143,12 +151,17 @@ impl Server {
         self.node.is_some() && !self.paused
     }
 
-    /// The request handlers of `client_api.rs`: the primary checks what it can against its
-    /// applied state, then proposes. Only for a running server.
+    /// The request handlers of `client_api.rs`: a primary that is ready checks what it can
+    /// against its applied state, then proposes (`client/init` proposes at once). Only for a
+    /// running server.
     pub fn submit(&mut self, request: Request, waiter: Waiter) -> Submitted {
         let node = self.node.as_mut().expect("submit to a running server");
         if !node.is_primary() {
             return Submitted::Refused(node.not_primary());
+        }
+        let init = matches!(request.command, Command::InitClient { .. });
+        if !init && !self.primary_ready {
+            return Submitted::Refused(Error::NoPrimary);
         }
         match &request.command {
             Command::Register { username, .. } if self.state.username_taken(username) => {
@@ -158,6 +171,12 @@ impl Server {
             }
             Command::Login { client_id, .. } if !self.state.client_exists(client_id) => {
                 return Submitted::Refused(Error::NotFound(format!("no client {client_id}")));
+            }
+            // `auth` verifies the password against the stored hash; no hash, no login.
+            Command::Login { username, .. } if self.state.password_hash(username).is_none() => {
+                return Submitted::Refused(Error::Unauthorized(
+                    "wrong username or password".to_string(),
+                ));
             }
             Command::Message {
                 client_id,
@@ -201,9 +220,11 @@ impl Server {
                     effects.wrote = true;
                 }
                 Output::Send(envelope) => {
-                    // The driver's rule: appends carry entries, not promises about our disk.
-                    let bypass =
-                        !strict_gating && matches!(envelope.message, Message::Append { .. });
+                    // The driver's rule: appends carry entries, not promises about our disk,
+                    // but their term must be durable already.
+                    let bypass = !strict_gating
+                        && matches!(envelope.message, Message::Append { .. })
+                        && envelope.term <= self.storage.durable_term();
                     if bypass {
                         effects.sends.push(envelope);
                     } else if let Some(envelope) = self.storage.send_after_writes(envelope) {
@@ -227,7 +248,11 @@ impl Server {
                         effects.applied.push((entry, outcome));
                     }
                 }
-                Output::RoleChanged { role, term, primary } => {
+                Output::RoleChanged {
+                    role,
+                    term,
+                    primary,
+                } => {
                     if trace {
                         effects.trace.push(format!(
                             "{} is now {} in term {term} (primary {primary:?})",
@@ -236,6 +261,7 @@ impl Server {
                         ));
                     }
                     effects.roles.push((role, term));
+                    self.primary_ready = false;
                     if role != RoleKind::Primary {
                         let error = self.node.as_ref().map(Node::not_primary);
                         for (_, (_, waiter)) in std::mem::take(&mut self.pending) {
@@ -251,9 +277,20 @@ impl Server {
     /// Applies one committed entry and answers the proposal waiting for it.
     fn apply(&mut self, entry: &Entry, effects: &mut Effects) -> Option<Outcome> {
         let outcome = match &entry.payload {
-            Payload::Noop | Payload::Config(_) => None,
+            Payload::Noop => {
+                // A new primary's own no-op: everything before it is applied too.
+                if let Some(node) = &self.node
+                    && node.is_primary()
+                    && entry.term == node.term()
+                {
+                    self.primary_ready = true;
+                }
+                None
+            }
+            Payload::Config(_) => None,
             Payload::Command(bytes) => {
-                let request = Request::decode(bytes).expect("the simulation proposes valid requests");
+                let request =
+                    Request::decode(bytes).expect("the simulation proposes valid requests");
                 Some(self.state.apply(&request).outcome)
             }
         };

@@ -167,20 +167,27 @@ mod tests {
     #[test]
     fn gated_message_leaves_after_the_sync_and_dies_in_a_crash() {
         let mut disk = Storage::new(HardState::default(), vec![entry(1, 0)]);
-        assert!(disk.send_after_writes(envelope()).is_some(), "nothing to wait for");
+        assert!(
+            disk.send_after_writes(envelope()).is_some(),
+            "nothing to wait for"
+        );
         disk.write(Write::Entries(vec![entry(2, 1)])).unwrap();
         assert!(disk.send_after_writes(envelope()).is_none());
         let synced = disk.sync();
         assert_eq!(synced.persisted, Some((2, 1)));
         assert_eq!(synced.released, vec![envelope()]);
 
-        disk.write(Write::Entries(vec![entry(2, 2), entry(3, 2)])).unwrap();
+        disk.write(Write::Entries(vec![entry(2, 2), entry(3, 2)]))
+            .unwrap();
         disk.send_after_writes(envelope());
         assert_eq!(disk.written().len(), 3);
         disk.crash(|_| 0);
         assert_eq!(disk.durable().1, vec![entry(1, 0), entry(2, 1)]);
         assert_eq!(disk.written(), &[entry(1, 0), entry(2, 1)]);
-        assert!(disk.sync().released.is_empty(), "the waiting message was lost");
+        assert!(
+            disk.sync().released.is_empty(),
+            "the waiting message was lost"
+        );
     }
 
     /// A write past the end of the log is refused rather than stored with a gap.

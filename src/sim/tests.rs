@@ -20,32 +20,43 @@ fn nodes_for(seed: u64) -> usize {
 struct Totals {
     runs: u64,
     steps: u64,
+    max_healing_steps: u64,
     committed: u64,
     acknowledged: u64,
     elections: u64,
     crashes: u64,
     pauses: u64,
     partitions: u64,
+    removals: u64,
     dropped: u64,
     timeouts: u64,
     stale_prechecks: u64,
+    /// A few seeds with a stale pre-check, and the first one in each.
+    stale_examples: Vec<(u64, String)>,
     joined_runs: u64,
     strict_runs: u64,
     failures: Vec<Failure>,
 }
 
 impl Totals {
-    fn add(&mut self, result: Result<Report, Failure>) {
+    fn add(&mut self, seed: u64, result: Result<Report, Failure>) {
         self.runs += 1;
         match result {
             Ok(r) => {
+                if let Some(example) = r.stale_precheck
+                    && self.stale_examples.len() < 5
+                {
+                    self.stale_examples.push((seed, example));
+                }
                 self.steps += r.steps;
+                self.max_healing_steps = self.max_healing_steps.max(r.healing_steps);
                 self.committed += r.committed;
                 self.acknowledged += r.acknowledged;
                 self.elections += r.elections;
                 self.crashes += r.crashes;
                 self.pauses += r.pauses;
                 self.partitions += r.partitions;
+                self.removals += r.removals;
                 self.dropped += r.dropped;
                 self.timeouts += r.timeouts;
                 self.stale_prechecks += r.stale_prechecks;
@@ -56,18 +67,50 @@ impl Totals {
         }
     }
 
+    /// The counters, and the stale pre-checks seen, for the test output.
+    fn summary(&self) -> String {
+        let mut out = format!(
+            "{} runs, {} failed: {} steps (longest healing {}), {} committed, {} acknowledged, \
+             {} elections, {} crashes, {} pauses, {} partitions, {} removals, {} dropped, \
+             {} client timeouts, {} stale pre-checks, {} joining runs, {} strict-gating runs",
+            self.runs,
+            self.failures.len(),
+            self.steps,
+            self.max_healing_steps,
+            self.committed,
+            self.acknowledged,
+            self.elections,
+            self.crashes,
+            self.pauses,
+            self.partitions,
+            self.removals,
+            self.dropped,
+            self.timeouts,
+            self.stale_prechecks,
+            self.joined_runs,
+            self.strict_runs
+        );
+        for (seed, example) in &self.stale_examples {
+            out.push_str(&format!("\n  stale pre-check, seed {seed}: {example}"));
+        }
+        out
+    }
+
     fn merge(&mut self, other: Totals) {
         self.runs += other.runs;
         self.steps += other.steps;
+        self.max_healing_steps = self.max_healing_steps.max(other.max_healing_steps);
         self.committed += other.committed;
         self.acknowledged += other.acknowledged;
         self.elections += other.elections;
         self.crashes += other.crashes;
         self.pauses += other.pauses;
         self.partitions += other.partitions;
+        self.removals += other.removals;
         self.dropped += other.dropped;
         self.timeouts += other.timeouts;
         self.stale_prechecks += other.stale_prechecks;
+        self.stale_examples.extend(other.stale_examples);
         self.joined_runs += other.joined_runs;
         self.strict_runs += other.strict_runs;
         self.failures.extend(other.failures);
@@ -91,7 +134,7 @@ fn sweep(configs: Vec<SimConfig>) -> (Totals, Duration) {
                 scope.spawn(move || {
                     let mut totals = Totals::default();
                     for config in share {
-                        totals.add(run(&config));
+                        totals.add(config.seed, run(&config));
                     }
                     totals
                 })
@@ -129,21 +172,14 @@ fn many_seeds_no_violation() {
         .map(|seed| SimConfig::new(seed, nodes_for(seed)))
         .collect();
     let (totals, elapsed) = sweep(configs);
-    println!(
-        "{} seeds in {:.1} s: {:?}",
-        totals.runs,
-        elapsed.as_secs_f64(),
-        Totals {
-            failures: Vec::new(),
-            ..totals
-        }
-    );
+    println!("{:.1} s: {}", elapsed.as_secs_f64(), totals.summary());
     assert_no_failures(&totals);
     // The sweep must exercise what it claims to.
     assert!(totals.steps >= MANY_SEEDS * DEFAULT_STEPS);
     assert!(totals.acknowledged > MANY_SEEDS, "clients got few answers");
     assert!(totals.elections > MANY_SEEDS);
     assert!(totals.crashes > 0 && totals.pauses > 0 && totals.partitions > 0);
+    assert!(totals.removals > 0);
     assert!(totals.dropped > 0 && totals.timeouts > 0);
     assert!(totals.joined_runs > 0 && totals.joined_runs < totals.runs);
     assert!(totals.strict_runs > 0 && totals.strict_runs < totals.runs);
@@ -166,8 +202,8 @@ fn hunt(bug: PlantedBug, check_votes: bool) -> Option<Failure> {
 /// check (or the core's own "committed entry overwritten" assertion) fires.
 #[test]
 fn planted_bug_commit_without_quorum_is_caught() {
-    let failure = hunt(PlantedBug::CommitWithoutQuorum, true)
-        .expect("CommitWithoutQuorum went unnoticed");
+    let failure =
+        hunt(PlantedBug::CommitWithoutQuorum, true).expect("CommitWithoutQuorum went unnoticed");
     println!("caught: {failure}");
     assert!(
         matches!(
@@ -210,7 +246,10 @@ fn same_seed_same_run() {
         let first = run(&config).map_err(|f| f.to_string());
         let second = run(&config).map_err(|f| f.to_string());
         assert_eq!(first, second, "seed {seed} ran differently twice");
-        assert!(first.is_ok_and(|r| r.acknowledged > 0), "seed {seed} did nothing");
+        assert!(
+            first.is_ok_and(|r| r.acknowledged > 0),
+            "seed {seed} did nothing"
+        );
     }
 }
 
@@ -224,16 +263,7 @@ fn sim_100k() {
         .map(|seed| SimConfig::new(seed, nodes_for(seed)))
         .collect();
     let (totals, elapsed) = sweep(configs);
-    println!(
-        "{} seeds in {:.1} s, {} failed: {:?}",
-        totals.runs,
-        elapsed.as_secs_f64(),
-        totals.failures.len(),
-        Totals {
-            failures: Vec::new(),
-            ..totals
-        }
-    );
+    println!("{:.1} s: {}", elapsed.as_secs_f64(), totals.summary());
     assert_no_failures(&totals);
 }
 

@@ -1,0 +1,192 @@
+//! The nemesis at work: crashes, pauses, partitions and removals carried out on the running
+//! cluster (what to do and how often is drawn in `faults.rs`), joins of servers that are
+//! not members, and the end of all faults before the healing phase.
+
+use rand::Rng;
+
+use super::Violation;
+use super::faults::{Fault, TICK};
+use super::runner::{Event, Sim};
+use crate::replication::NodeId;
+
+impl Sim {
+    /// One move of the nemesis (none once healing), and the next one scheduled.
+    pub(super) fn nemesis(&mut self) -> Result<(), Violation> {
+        if self.healing {
+            return Ok(());
+        }
+        let servers = self.servers.len();
+        match self.plan.next_fault(&mut self.rng, servers) {
+            Fault::Crash(server) if self.servers[server].is_up() => self.crash(server)?,
+            Fault::Pause(server) if self.servers[server].is_running() => self.pause(server),
+            Fault::Partition if !self.network.is_partitioned() => {
+                let groups = self.network.partition(servers, &mut self.rng);
+                self.partitions += 1;
+                self.report.partitions += 1;
+                self.trace(|| format!("partition {groups:?}"));
+                let at = self.now + self.rng.random_range(2 * TICK..=2 * self.plan.max_outage);
+                self.queue.schedule(at, Event::Heal(self.partitions));
+            }
+            Fault::Remove => self.remove()?,
+            _ => {}
+        }
+        let every = self.plan.nemesis_every;
+        let at = self.now + self.rng.random_range(every / 2..=every * 3 / 2);
+        self.queue.schedule(at, Event::Nemesis);
+        Ok(())
+    }
+
+    /// Kills a server: its process, its waiting messages and a random tail of its unsynced
+    /// writes are gone.
+    fn crash(&mut self, server: usize) -> Result<(), Violation> {
+        self.report.crashes += 1;
+        let rng = &mut self.rng;
+        let s = &mut self.servers[server];
+        let mut kept = (0, 0);
+        s.crash(|total| {
+            kept = (rng.random_range(0..=total), total);
+            kept.0
+        });
+        let (id, term, epoch) = (s.id.clone(), s.storage.durable_term(), s.epoch);
+        self.invariants.durable_term(server, &id, term)?;
+        self.invariants.crashed(&id, s.incarnation, term);
+        self.trace(|| {
+            format!(
+                "{id} crashes; {} of {} unsynced writes survive",
+                kept.0, kept.1
+            )
+        });
+        let at = self.now + self.rng.random_range(TICK..=self.plan.max_outage);
+        self.queue.schedule(at, Event::Restart { server, epoch });
+        Ok(())
+    }
+
+    /// Freezes a server: no ticks, no syncs; messages to it wait or are lost.
+    fn pause(&mut self, server: usize) {
+        self.report.pauses += 1;
+        let hold = self.rng.random_bool(0.5);
+        let s = &mut self.servers[server];
+        s.paused = true;
+        s.hold_messages = hold;
+        s.epoch += 1;
+        s.sync_scheduled = false;
+        let (id, epoch) = (s.id.clone(), s.epoch);
+        self.trace(|| {
+            format!(
+                "{id} pauses (messages {})",
+                if hold { "wait" } else { "lost" }
+            )
+        });
+        let at = self.now + self.rng.random_range(TICK..=self.plan.max_outage);
+        self.queue.schedule(at, Event::Resume { server, epoch });
+    }
+
+    /// Thaws a paused server where it stopped: its timers run again, its disk syncs what was
+    /// written, and the messages that waited arrive.
+    pub(super) fn resume(&mut self, server: usize) {
+        let s = &mut self.servers[server];
+        s.paused = false;
+        s.epoch += 1;
+        let (id, epoch, tick_every) = (s.id.clone(), s.epoch, s.tick_every);
+        let held = std::mem::take(&mut s.held);
+        let unsynced = s.storage.has_unsynced();
+        if unsynced {
+            s.sync_scheduled = true;
+        }
+        self.trace(|| format!("{id} resumes; {} messages waited", held.len()));
+        self.queue.schedule(
+            self.now + self.rng.random_range(1..=tick_every),
+            Event::Tick { server, epoch },
+        );
+        if unsynced {
+            let at = self.now + self.rng.random_range(0..=self.plan.max_sync_delay);
+            self.queue.schedule(at, Event::Sync { server, epoch });
+        }
+        for envelope in held {
+            let at = self.now + self.rng.random_range(1..=TICK);
+            self.queue.schedule(at, Event::Deliver(envelope));
+        }
+    }
+
+    /// The running primary of the highest term, as redirects would find it.
+    fn primary(&self) -> Option<usize> {
+        (0..self.servers.len())
+            .filter(|&p| self.servers[p].is_running())
+            .filter_map(|p| {
+                let node = self.servers[p].node.as_ref()?;
+                node.is_primary().then(|| (node.term(), p))
+            })
+            .max()
+            .map(|(_, p)| p)
+    }
+
+    /// An operator removes a random member through the primary (`admin remove`).
+    fn remove(&mut self) -> Result<(), Violation> {
+        let Some(p) = self.primary() else {
+            return Ok(());
+        };
+        let members = self.servers[p].node.as_ref().map(|n| n.members());
+        let others: Vec<NodeId> = members
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| *m != self.servers[p].id)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let id = others[self.rng.random_range(0..others.len())].clone();
+        let Some(node) = self.servers[p].node.as_mut() else {
+            return Ok(());
+        };
+        let result = node.remove_member(&id);
+        if result.is_ok() {
+            self.report.removals += 1;
+        }
+        let primary_id = self.servers[p].id.clone();
+        self.trace(|| format!("{primary_id} removes {id}: {result:?}"));
+        self.drain(p)
+    }
+
+    /// Every running server that is not a member (a new one, or one removed) asks the
+    /// primary to take it in.
+    pub(super) fn join(&mut self) -> Result<(), Violation> {
+        if let Some(p) = self.primary() {
+            let members = self.servers[p].node.as_ref().map(|n| n.members());
+            let members = members.unwrap_or_default();
+            for j in 0..self.servers.len() {
+                let id = self.servers[j].id.clone();
+                if j == p
+                    || !self.servers[j].is_running()
+                    || members.contains(&id)
+                    || !self.network.connected(j, p)
+                {
+                    continue;
+                }
+                if let Some(node) = self.servers[p].node.as_mut() {
+                    let _ = node.add_learner(id.clone());
+                }
+                let primary_id = self.servers[p].id.clone();
+                self.trace(|| format!("{id} asks {primary_id} to join"));
+            }
+            self.drain(p)?;
+        }
+        let at = self.now + self.rng.random_range(3 * TICK..=8 * TICK);
+        self.queue.schedule(at, Event::Join);
+        Ok(())
+    }
+
+    /// Ends the faulty phase: the network heals and calms down, every server runs again.
+    pub(super) fn heal_all(&mut self) -> Result<(), Violation> {
+        self.trace(|| "healing: no more faults".to_string());
+        self.healing = true;
+        self.network.calm();
+        for server in 0..self.servers.len() {
+            if !self.servers[server].is_up() {
+                self.start(server)?;
+            } else if self.servers[server].paused {
+                self.resume(server);
+            }
+        }
+        Ok(())
+    }
+}
