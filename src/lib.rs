@@ -16,7 +16,8 @@ pub mod client;
 pub mod error;
 pub mod replication;
 pub mod server;
-#[cfg(test)] mod sim;
+#[cfg(test)]
+mod sim;
 pub mod storage;
 
 pub use error::{Error, Result};

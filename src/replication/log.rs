@@ -23,6 +23,7 @@ pub struct Log {
 
 impl Log {
     /// A log holding `entries`, which must be contiguous from index 1.
+    #[cfg(test)]
     pub fn new(entries: Vec<Entry>) -> Log {
         Log::with_base(SnapshotMeta::default(), entries)
     }
@@ -170,6 +171,9 @@ impl Log {
 
     /// What a snapshot taken at `index` (held, or the base) covers.
     pub fn meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        if index == self.base.index {
+            return Some(self.base.clone());
+        }
         Some(SnapshotMeta {
             index,
             term: self.term_at(index)?,

@@ -104,6 +104,9 @@ pub enum Output {
     Send(Envelope),
     /// These entries are committed: apply them, in order. Each entry is handed out once.
     Apply(Vec<Entry>),
+    /// Send our latest snapshot to a backup whose next entry is no longer in the log (it
+    /// was compacted). The backup's driver installs it and its node acknowledges.
+    SendSnapshot { to: NodeId },
     /// The role, term or known primary changed.
     RoleChanged {
         role: RoleKind,
@@ -342,6 +345,11 @@ impl Node {
         Ok(index)
     }
 
+    /// What the log's compacted prefix ended with (index 0 if nothing was compacted).
+    pub fn snapshot_base(&self) -> SnapshotMeta {
+        self.log.meta_at(self.log.base_index()).unwrap_or_default()
+    }
+
     /// What a snapshot of the applied state at `index` would cover (its term and
     /// configuration); `None` if the log no longer holds `index` or has not applied it.
     pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
@@ -356,6 +364,51 @@ impl Node {
     pub fn compact(&mut self, index: Index) {
         assert!(index <= self.applied, "only applied entries are compacted");
         self.log.compact(index);
+    }
+
+    /// A snapshot from `from`, the primary of `term`, arrived whole (the driver checked its
+    /// checksum). Returns whether the driver should install it: not if it is stale or covers
+    /// only what this node has committed already. When installing, the node's log now
+    /// starts after the snapshot, and its outputs are a `Write::Compact` and the
+    /// acknowledgement, which must follow the durable snapshot file.
+    pub fn install_snapshot(&mut self, from: NodeId, term: Term, meta: SnapshotMeta) -> bool {
+        if term < self.term {
+            debug!(from = %from, term, "dropping a snapshot from an old term");
+            return false;
+        }
+        if term > self.term {
+            self.become_backup(term, Some(from.clone()));
+        }
+        self.follow(&from);
+        if meta.index <= self.commit {
+            // Covered already; committed entries match the primary's.
+            self.send(
+                from,
+                Message::AppendAccepted {
+                    match_index: meta.index,
+                },
+            );
+            return false;
+        }
+        info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot from the primary"
+        );
+        self.log.install(meta.clone());
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.persisted = self.persisted.min(self.log.last_index()).max(meta.index);
+        self.outputs
+            .push(Output::Write(Write::Compact(meta.clone())));
+        self.send(
+            from,
+            Message::AppendAccepted {
+                match_index: meta.index,
+            },
+        );
+        self.report_role();
+        true
     }
 
     /// The driver made our own log durable up to `index`, whose entry has `term`. A report
@@ -524,27 +577,7 @@ impl Node {
         entries: Vec<Entry>,
         commit: Index,
     ) {
-        match &mut self.role {
-            Role::Primary(_) => panic!(
-                "two primaries in term {}: {} and {}",
-                self.term, self.id, from
-            ),
-            Role::Candidate(_) => self.become_backup(self.term, Some(from.clone())),
-            Role::Backup(backup) => match &backup.primary {
-                Some(primary) => assert_eq!(
-                    primary, &from,
-                    "two primaries in term {}: {} and {}",
-                    self.term, primary, from
-                ),
-                None => {
-                    backup.primary = Some(from.clone());
-                    self.report_role();
-                }
-            },
-        }
-        if let Role::Backup(backup) = &mut self.role {
-            backup.idle_ticks = 0;
-        }
+        self.follow(&from);
 
         let last_index = self.log.last_index();
         // Entries up to our snapshot are committed, so they match the primary's whatever
@@ -605,6 +638,32 @@ impl Node {
         );
     }
 
+    /// Something from `from`, the primary of our term, arrived: follow it (a candidate
+    /// gives up) and restart the election timer.
+    fn follow(&mut self, from: &NodeId) {
+        match &mut self.role {
+            Role::Primary(_) => panic!(
+                "two primaries in term {}: {} and {}",
+                self.term, self.id, from
+            ),
+            Role::Candidate(_) => self.become_backup(self.term, Some(from.clone())),
+            Role::Backup(backup) => match &backup.primary {
+                Some(primary) => assert_eq!(
+                    primary, from,
+                    "two primaries in term {}: {} and {}",
+                    self.term, primary, from
+                ),
+                None => {
+                    backup.primary = Some(from.clone());
+                    self.report_role();
+                }
+            },
+        }
+        if let Role::Backup(backup) = &mut self.role {
+            backup.idle_ticks = 0;
+        }
+    }
+
     // ---- Primary side --------------------------------------------------------------------
 
     fn on_append_accepted(&mut self, from: NodeId, match_index: Index) {
@@ -642,8 +701,17 @@ impl Node {
             return;
         };
         let last_index = self.log.last_index();
+        let base_index = self.log.base_index();
         let mut sends = Vec::new();
+        let mut snapshots = Vec::new();
         for (peer, progress) in primary.progress.iter_mut() {
+            if progress.next <= base_index {
+                // What it needs next was compacted away: it gets the snapshot instead.
+                if progress.start_snapshot(base_index) {
+                    snapshots.push(peer.clone());
+                }
+                continue;
+            }
             while progress.next <= last_index && progress.can_send(self.opts.max_inflight) {
                 let entries = self
                     .log
@@ -667,6 +735,10 @@ impl Node {
         }
         for (to, message) in sends {
             self.send(to, message);
+        }
+        for to in snapshots {
+            info!(backup = %to, "backup is behind the compacted log; sending the snapshot");
+            self.outputs.push(Output::SendSnapshot { to });
         }
     }
 

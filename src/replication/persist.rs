@@ -20,6 +20,10 @@ pub enum Write {
     /// Drop every entry from `entries[0].index` on, then append `entries` (contiguous,
     /// never empty). Appending at the end drops nothing.
     Entries(Vec<Entry>),
+    /// A snapshot covering the log up to `meta.index` is durable (the driver saved it before
+    /// this write): drop the entries it covers. Entries after it stay if the log holds
+    /// `meta.index` with `meta.term`; otherwise they go too (Raft §7).
+    Compact(SnapshotMeta),
 }
 
 /// What a snapshot of the applied state covers: every entry up to `index` (whose term is

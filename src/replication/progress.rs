@@ -22,6 +22,8 @@ pub struct Progress {
     stalled_ticks: u32,
     /// Whether the backup answered since the last quorum check.
     pub recently_active: bool,
+    /// A snapshot up to this index is on its way; no appends until the backup answers.
+    snapshot: Option<Index>,
 }
 
 impl Progress {
@@ -34,7 +36,20 @@ impl Progress {
             probing: true,
             stalled_ticks: 0,
             recently_active: true,
+            snapshot: None,
         }
+    }
+
+    /// The backup needs the snapshot at `index`: returns whether to send it now (not if one
+    /// is already on its way).
+    pub fn start_snapshot(&mut self, index: Index) -> bool {
+        if self.snapshot.is_some() {
+            return false;
+        }
+        self.snapshot = Some(index);
+        self.inflight.clear();
+        self.stalled_ticks = 0;
+        true
     }
 
     /// Whether another append may be sent now.
@@ -64,6 +79,9 @@ impl Progress {
     /// The backup accepted everything up to `index`. Returns whether `matched` advanced.
     pub fn accepted(&mut self, index: Index) -> bool {
         self.recently_active = true;
+        if self.snapshot.is_some_and(|snapshot| index >= snapshot) {
+            self.snapshot = None;
+        }
         self.probing = false;
         let in_flight = self.inflight.len();
         while self.inflight.front().is_some_and(|&last| last <= index) {
@@ -87,7 +105,7 @@ impl Progress {
     pub fn rejected(&mut self, prev_index: Index, hint: Index) {
         self.recently_active = true;
         self.stalled_ticks = 0;
-        if prev_index < self.matched {
+        if prev_index < self.matched || self.snapshot.is_some() {
             return;
         }
         self.probing = true;
@@ -98,6 +116,15 @@ impl Progress {
     /// One clock tick. After `limit` ticks of silence with appends in flight they are taken
     /// as lost and probing starts again from the last match.
     pub fn tick(&mut self, limit: u32) {
+        if self.snapshot.is_some() {
+            // A snapshot takes longer than an append; give it ten times as long.
+            self.stalled_ticks += 1;
+            if self.stalled_ticks >= limit.saturating_mul(10) {
+                self.snapshot = None;
+                self.stalled_ticks = 0;
+            }
+            return;
+        }
         if self.inflight.is_empty() {
             return;
         }

@@ -72,6 +72,9 @@ impl Cluster {
                     durable = Some((last.index, last.term));
                 }
                 Output::Write(Write::HardState(_)) | Output::RoleChanged { .. } => {}
+                Output::Write(Write::Compact(_)) | Output::SendSnapshot { .. } => {
+                    panic!("these scenarios never compact the log")
+                }
                 Output::Send(env) => self.queue.push_back(env),
                 Output::Apply(entries) => {
                     let applied = self.applied.entry(who.clone()).or_default();

@@ -11,7 +11,7 @@
 //! [`run`] binds the listener, recovers the log from the data dir, and serves until the
 //! shutdown token is cancelled.
 
-mod auth;
+pub(crate) mod auth;
 mod client_api;
 mod credentials;
 mod driver;
@@ -20,9 +20,10 @@ mod notify;
 mod peer_api;
 mod peer_call;
 mod peers;
-mod persist;
+pub(crate) mod persist;
 mod read_api;
 mod response;
+pub(crate) mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,13 +44,17 @@ pub use credentials::LoginLimiter;
 pub use peer_call::post_to_primary;
 
 use crate::api::MAX_BODY_BYTES;
+use crate::app::State;
 use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
+use crate::replication::{Entry, SnapshotMeta};
 use crate::replication::{Node, NodeId, Options};
+use crate::storage::load_snapshot;
 use crate::storage::{LogStore, load_identity, save_identity};
-use driver::{Driver, DriverHandle};
+use driver::{Driver, DriverHandle, DriverIo, SnapshotSettings};
 use notify::Notifier;
 use peers::Peers;
+use snapshots::Assemblies;
 
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
@@ -69,6 +74,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// The least time without a primary before a backup starts an election.
     pub election_timeout: Duration,
+    /// Take a snapshot and compact the log every this many applied entries.
+    pub snapshot_every: u64,
     /// Whether writes are fsynced before they are acknowledged. Without, an acknowledged
     /// write survives a crash of the server process but not of the machine: for measuring
     /// what fsync costs, not for keeping data.
@@ -77,6 +84,8 @@ pub struct Config {
 
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Default number of applied entries between snapshots.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Default election timeout (lower bound; the actual one is random in `[T, 2T)`).
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 
@@ -86,6 +95,8 @@ pub struct AppState {
     pub id: NodeId,
     pub driver: DriverHandle,
     pub login_limiter: Arc<LoginLimiter>,
+    /// Snapshots being received from the primary.
+    pub snapshots: Assemblies,
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -121,12 +132,14 @@ pub async fn serve(
         }
     };
 
-    let fresh = recovered.entries.is_empty();
+    let (snapshot, state, entries) = restore(&config.data_dir, recovered.base, recovered.entries)?;
+    let fresh = entries.is_empty() && snapshot.index == 0;
     let (tick, options) = timing(config.heartbeat, config.election_timeout);
-    let mut node = Node::new(
+    let mut node = Node::restore(
         id.clone(),
         recovered.hard_state,
-        recovered.entries,
+        snapshot,
+        entries,
         options,
         rand::random(),
     );
@@ -143,15 +156,31 @@ pub async fn serve(
     if !config.fsync {
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
-    let storage = persist::spawn(store, config.fsync, peers.clone(), persisted_tx)?;
-    let printer = driver::spawn_printer()?;
-    let notifier = Notifier::new(id.clone(), http.clone(), config.secret.clone());
-    let driver = Driver::new(node, storage, peers, notifier, printer);
+    let storage = persist::spawn(
+        store,
+        config.data_dir.clone(),
+        config.fsync,
+        peers.clone(),
+        persisted_tx,
+    )?;
+    let io = DriverIo {
+        peers,
+        notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
+        printer: driver::spawn_printer()?,
+        snapshots: SnapshotSettings {
+            dir: config.data_dir.clone(),
+            every: config.snapshot_every,
+            http: http.clone(),
+            secret: config.secret.clone(),
+        },
+    };
+    let driver = Driver::new(node, state, storage, io);
     let (handle, commands) = Driver::channel();
     let app = AppState {
         id: id.clone(),
         driver: handle,
         login_limiter: Arc::new(LoginLimiter::default()),
+        snapshots: Assemblies::default(),
     };
 
     if fresh && !config.join.is_empty() {
@@ -187,6 +216,53 @@ pub async fn serve(
     driven
 }
 
+/// The starting point from the data dir: the snapshot (if any) with the application state
+/// it holds, and the log entries after it. The snapshot file is saved before the log is
+/// compacted, so it is never older than the log's base; a log that disagrees with it at its
+/// index (a snapshot installed from the primary, then a crash before the log caught up) is
+/// dropped, as installing would have done.
+fn restore(
+    dir: &std::path::Path,
+    base: SnapshotMeta,
+    entries: Vec<Entry>,
+) -> Result<(SnapshotMeta, State, Vec<Entry>)> {
+    let Some(snapshot) = load_snapshot(dir)? else {
+        if base.index > 0 {
+            return Err(Error::Corrupt(format!(
+                "{}: the log is compacted up to {} but there is no snapshot",
+                dir.display(),
+                base.index
+            )));
+        }
+        return Ok((base, State::new(), entries));
+    };
+    let meta = snapshot.meta;
+    if meta.index < base.index {
+        return Err(Error::Corrupt(format!(
+            "{}: the snapshot (up to {}) is older than the log's start ({})",
+            dir.display(),
+            meta.index,
+            base.index
+        )));
+    }
+    let state: State = postcard::from_bytes(&snapshot.state)
+        .map_err(|err| Error::Corrupt(format!("{}: snapshot state: {err}", dir.display())))?;
+    let agrees = meta.index == base.index
+        || entries
+            .iter()
+            .any(|e| e.index == meta.index && e.term == meta.term);
+    let entries = if agrees {
+        entries
+            .into_iter()
+            .filter(|e| e.index > meta.index)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    info!(index = meta.index, "restored the snapshot");
+    Ok((meta, state, entries))
+}
+
 /// The routes of a server.
 pub fn router(app: AppState, secret: ClusterSecret) -> Router {
     let peer = Router::new()
@@ -194,6 +270,7 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .route("/replication/init-backup", post(peer_api::init_backup))
         .route("/replication/set-backups", post(peer_api::set_backups))
         .route("/replication/remove-server", post(peer_api::remove_server))
+        .route(snapshots::SNAPSHOT_PATH, post(peer_api::snapshot_chunk))
         .layer(DefaultBodyLimit::max(auth::MAX_PEER_BODY_BYTES));
     Router::new()
         .route("/client/init", post(client_api::init))

@@ -9,6 +9,7 @@ use axum::extract::State;
 
 use super::AppState;
 use super::response::JsonBody;
+use super::snapshots::Chunk;
 use crate::api::{
     InitBackupRequest, InitBackupResponse, RemoveServerRequest, RemoveServerResponse,
     SetBackupsRequest,
@@ -62,4 +63,21 @@ pub async fn remove_server(
         .await
         .map_err(|_| Error::Unavailable("the removal did not commit in time".to_string()))??;
     Ok(Json(RemoveServerResponse { members }))
+}
+
+/// `POST /replication/snapshot`: one chunk of a snapshot from the primary (postcard). The
+/// last one hands the whole, checked snapshot to the driver.
+pub async fn snapshot_chunk(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>> {
+    let chunk: Chunk = postcard::from_bytes(&body)
+        .map_err(|err| Error::BadRequest(format!("undecodable snapshot chunk: {err}")))?;
+    let (from, term) = (chunk.from.clone(), chunk.term);
+    if let Some((bytes, snapshot)) = app.snapshots.add(chunk)? {
+        app.driver
+            .install_snapshot(from, term, bytes, snapshot)
+            .await?;
+    }
+    Ok(Json(serde_json::json!({})))
 }

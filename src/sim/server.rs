@@ -206,6 +206,13 @@ impl Server {
         };
         for output in node.ready() {
             match output {
+                // The model never compacts, so no backup falls behind the log's start.
+                Output::SendSnapshot { to } => {
+                    unreachable!(
+                        "{} asked to send a snapshot to {to} without compacting",
+                        self.id
+                    )
+                }
                 Output::Write(write) => {
                     if trace {
                         effects.trace.push(describe_write(&self.id, &write));
@@ -321,5 +328,6 @@ fn describe_write(id: &NodeId, write: &Write) -> String {
                 .collect();
             format!("{id} writes [{}]", list.join(" "))
         }
+        Write::Compact(meta) => format!("{id} compacts up to {}@{}", meta.index, meta.term),
     }
 }

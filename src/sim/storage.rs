@@ -116,6 +116,7 @@ impl Storage {
 /// everything from their first index on.
 fn apply(hard_state: &mut HardState, log: &mut Vec<Entry>, write: &Write) -> Result<(), String> {
     match write {
+        Write::Compact(_) => return Err("the model takes no snapshots".to_string()),
         Write::HardState(state) => *hard_state = state.clone(),
         Write::Entries(entries) => {
             let Some(first) = entries.first() else {

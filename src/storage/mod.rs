@@ -12,9 +12,18 @@
 //!
 //! | file       | contents                                          | written by          |
 //! |------------|---------------------------------------------------|---------------------|
-//! | `log`      | every write, in order, as checksummed records     | [`LogStore`]        |
+//! | `log`      | every write since the last compaction, in order,  | [`LogStore`]        |
+//! |            | as checksummed records                            |                     |
+//! | `log.tmp`  | a compacted log being built (removed at start)    | [`LogStore`]        |
 //! | `identity` | the server's advertised address                   | [`save_identity`]   |
 //! | `snapshot` | the applied state up to some index, checksummed   | [`save_snapshot`]   |
+//!
+//! The log grows by appending until a snapshot lets the core compact it: the driver saves
+//! `snapshot` first, then writes [`Compact`](crate::replication::Write::Compact). The store
+//! then replaces `log` with a file holding only what is still live (the term and vote, the
+//! snapshot's index, term and configuration, and the entries after it), built in `log.tmp`
+//! and renamed over `log`, so a crash leaves one whole file or the other. After that write
+//! everything written so far is durable.
 //!
 //! What is guaranteed, and what is not:
 //!
@@ -28,6 +37,7 @@
 
 mod identity;
 mod record;
+mod rewrite;
 mod snapshot;
 mod wal;
 

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Nothing is ever rewritten in place: a conflicting suffix is dropped by appending an
-//! `Entries` write that replay applies, so a crash can only damage the end of the file. That
-//! is what lets replay tell the two kinds of damage apart:
+//! `Entries` write that replay applies, and a compaction replaces the whole file with a new
+//! one, built aside and renamed over it (`rewrite.rs`). So a crash can only damage the end of
+//! the file. That is what lets replay tell the two kinds of damage apart:
 //!
 //! | what replay finds                                        | meaning          | action     |
 //! |----------------------------------------------------------|------------------|------------|
@@ -33,7 +34,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::io_error;
-use crate::replication::{Entry, HardState, Index, Write};
+use crate::replication::{Entry, HardState, Index, SnapshotMeta, Write};
 use crate::{Error, Result};
 
 /// Identifies the file as ours, so that replay never reads some other file as a log.
@@ -60,7 +61,9 @@ pub(super) fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
 pub struct Recovered {
     /// The latest term and vote written.
     pub hard_state: HardState,
-    /// The log, contiguous from index 1 (or empty): `entries[i].index == i + 1`.
+    /// What the entries compacted away ended with (index 0 if none were).
+    pub base: SnapshotMeta,
+    /// The log after the base: `entries[i].index == base.index + i + 1`.
     pub entries: Vec<Entry>,
 }
 
@@ -70,11 +73,29 @@ impl Recovered {
         match write {
             Write::HardState(hard_state) => self.hard_state = hard_state,
             Write::Entries(entries) => {
-                check_entries(last_index(&self.entries), &entries)?;
-                // `check_entries` made sure the first index is in 1..=last+1, so this keeps
-                // exactly the entries before it.
-                self.entries.truncate((entries[0].index - 1) as usize);
+                let last = last_index(&self.entries).max(self.base.index);
+                check_entries(self.base.index, last, &entries)?;
+                // `check_entries` made sure the first index is in base+1..=last+1, so this
+                // keeps exactly the entries before it.
+                self.entries
+                    .truncate((entries[0].index - self.base.index - 1) as usize);
                 self.entries.extend(entries);
+            }
+            Write::Compact(meta) => {
+                if meta.index <= self.base.index {
+                    return Ok(());
+                }
+                let held = meta
+                    .index
+                    .checked_sub(self.base.index + 1)
+                    .and_then(|i| self.entries.get(i as usize));
+                if held.is_some_and(|entry| entry.term == meta.term) {
+                    self.entries
+                        .drain(..(meta.index - self.base.index) as usize);
+                } else {
+                    self.entries.clear();
+                }
+                self.base = meta;
             }
         }
         Ok(())
@@ -86,13 +107,18 @@ pub(super) fn last_index(entries: &[Entry]) -> Index {
     entries.last().map_or(0, |entry| entry.index)
 }
 
-/// Checks that `entries` can be applied to a log ending at `last`: non-empty, contiguous, and
-/// starting in `1..=last + 1`. The one rule both for writing and for replaying.
-pub(super) fn check_entries(last: Index, entries: &[Entry]) -> std::result::Result<(), String> {
+/// Checks that `entries` can be applied to a log compacted up to `base` and ending at `last`:
+/// non-empty, contiguous, and starting in `base + 1..=last + 1`. The one rule both for
+/// writing and for replaying.
+pub(super) fn check_entries(
+    base: Index,
+    last: Index,
+    entries: &[Entry],
+) -> std::result::Result<(), String> {
     let Some(first) = entries.first() else {
         return Err("an Entries write with no entries".to_string());
     };
-    if first.index == 0 || first.index > last + 1 {
+    if first.index <= base || first.index > last + 1 {
         return Err(format!(
             "entries start at index {} but the log ends at {last}",
             first.index
@@ -107,6 +133,12 @@ pub(super) fn check_entries(last: Index, entries: &[Entry]) -> std::result::Resu
         }
     }
     Ok(())
+}
+
+/// Encodes a write as a record's payload.
+pub(super) fn encode_payload(write: &Write) -> Result<Vec<u8>> {
+    postcard::to_stdvec(write)
+        .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))
 }
 
 /// Frames a payload as a record: length, checksum, payload.

@@ -1,21 +1,24 @@
 //! The durable replication log: an append-only file `log` in the data directory holding
 //! every [`Write`] the core produced, in order, replayed at start to rebuild the term, the
-//! vote and the log entries. The file format and replay live in `record.rs`.
+//! vote, the snapshot base and the log entries. The file format and replay live in
+//! `record.rs`; a `Compact` that moves the base forward replaces the file with one holding
+//! only the live state, as `rewrite.rs` describes.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::record::{
-    FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, check_entries, encode_record,
-    file_header, last_index, replay,
+    FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, check_entries, encode_payload,
+    encode_record, file_header, last_index, replay,
 };
+use super::rewrite::{remove_stale_temp, rewrite};
 use super::{create_dir_durable, io_error, sync_dir};
 use crate::replication::{Index, Write};
 use crate::{Error, Result};
 
 /// The name of the log file in the data directory.
-const LOG_FILE: &str = "log";
+pub(super) const LOG_FILE: &str = "log";
 /// Records are gathered in memory up to this many bytes before they are handed to the OS, so
 /// that a batch of small writes costs one `write` system call rather than one each.
 const WRITE_BUFFER_LEN: usize = 64 << 10;
@@ -24,16 +27,22 @@ const WRITE_BUFFER_LEN: usize = 64 << 10;
 /// caller holds the log it got from [`open`](Self::open) and tells the store what changed.
 #[derive(Debug)]
 pub struct LogStore {
+    /// The data directory, whose entry for the file is synced when the file is replaced.
+    dir: PathBuf,
     /// The log file, for error messages.
     path: PathBuf,
     /// Opened in append mode: every write lands at the end, whatever a reader did before.
+    /// Reopened when a compaction replaces the file.
     file: File,
     /// Encoded records not yet handed to the OS.
     buffer: Vec<u8>,
     /// Bytes in the file, counting the buffered records.
     size: u64,
-    /// The index of the last entry written, to refuse a write that would leave a gap.
+    /// The index of the last entry written, or the base index when no entry is left after
+    /// it; to refuse a write that would leave a gap.
     last_index: Index,
+    /// The last index compacted away (0 if none), below which no entry may be written.
+    base_index: Index,
     /// Whether anything was written since the last sync.
     unsynced: bool,
     /// The largest payload of one record; a field so that tests can make splitting cheap.
@@ -50,13 +59,9 @@ impl LogStore {
     /// [`Error::Corrupt`].
     pub fn open(dir: &Path) -> Result<(LogStore, Recovered)> {
         create_dir_durable(dir)?;
+        remove_stale_temp(dir)?;
         let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_error("opening", &path))?;
+        let mut file = open_for_append(&path)?;
         let replayed = replay(&path, &file)?;
 
         let mut size = replayed.valid_len;
@@ -86,11 +91,13 @@ impl LogStore {
         }
 
         let store = LogStore {
+            dir: dir.to_path_buf(),
             path,
             file,
             buffer: Vec::new(),
             size,
-            last_index: last_index(&replayed.state.entries),
+            last_index: last_index(&replayed.state.entries).max(replayed.state.base.index),
+            base_index: replayed.state.base.index,
             unsynced: false,
             max_record_len: MAX_RECORD_LEN,
             failed: None,
@@ -100,25 +107,40 @@ impl LogStore {
 
     /// Appends one write to the file (buffered; not durable until [`sync`](Self::sync)).
     ///
-    /// Panics if an `Entries` write is empty, not contiguous, or starts past the end of the
-    /// log: the core never produces one, and on disk it would make the log unreadable.
+    /// A `Compact` that moves the base forward is the exception: it replaces the file with
+    /// one holding only the live state, and leaves every write so far durable.
+    ///
+    /// Panics if an `Entries` write is empty, not contiguous, or starts outside the log (at
+    /// or before the base, or past the end): the core never produces one, and on disk it
+    /// would make the log unreadable.
     pub fn write(&mut self, write: &Write) -> Result<()> {
         self.check_usable()?;
         if let Write::Entries(entries) = write
-            && let Err(reason) = check_entries(self.last_index, entries)
+            && let Err(reason) = check_entries(self.base_index, self.last_index, entries)
         {
             panic!("log write would break the log: {reason}");
         }
-        let payload = postcard::to_stdvec(write)
-            .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))?;
+        let payload = encode_payload(write)?;
         if payload.len() > self.max_record_len as usize {
             return self.write_split(write);
         }
         self.buffer.extend_from_slice(&encode_record(&payload));
         self.size += RECORD_HEADER_LEN + payload.len() as u64;
         self.unsynced = true;
-        if let Write::Entries(entries) = write {
-            self.last_index = last_index(entries);
+        match write {
+            Write::Entries(entries) => self.last_index = last_index(entries),
+            Write::Compact(meta) if meta.index > self.base_index => {
+                // The record goes into the old file first: replaying that file is how the
+                // rewrite learns the compacted state.
+                let result = self.compact_file();
+                self.fail_on_error(result)?;
+                assert_eq!(
+                    self.base_index, meta.index,
+                    "the compacted log's base is not the compaction's"
+                );
+                return Ok(());
+            }
+            _ => {}
         }
         if self.buffer.len() >= WRITE_BUFFER_LEN {
             let result = self.flush_buffer();
@@ -127,8 +149,6 @@ impl LogStore {
         Ok(())
     }
 
-    /// Makes every write so far durable (flush + fdatasync). One sync covers all writes
-    /// before it (group commit).
     /// Hands every write so far to the operating system without waiting for the disk: it
     /// survives a crash of the process, not of the machine. For `--fsync never` only.
     pub fn flush(&mut self) -> Result<()> {
@@ -137,6 +157,8 @@ impl LogStore {
         self.fail_on_error(result)
     }
 
+    /// Makes every write so far durable (flush + fdatasync). One sync covers all writes
+    /// before it (group commit).
     pub fn sync(&mut self) -> Result<()> {
         self.check_usable()?;
         if !self.unsynced {
@@ -170,6 +192,31 @@ impl LogStore {
             }
             _ => Err(Error::PayloadTooLarge),
         }
+    }
+
+    /// Replaces the file with one holding only the live state (see `rewrite.rs`), and
+    /// continues from it: everything written so far is in it, and durable.
+    ///
+    /// This replays the whole file, which is the only way to learn what is live: the store
+    /// keeps no entries in memory, and whether the compaction kept the entries after its
+    /// index depends on the term the log holds there. The file holds only what came since
+    /// the previous compaction, so the cost is bounded by how often the server compacts.
+    fn compact_file(&mut self) -> Result<()> {
+        self.flush_buffer()?;
+        let live = rewrite(&self.dir, &self.path, self.max_record_len)?;
+        // The old handle names the replaced file; appending to it would lose the writes.
+        self.file = open_for_append(&self.path)?;
+        self.size = live.size;
+        self.base_index = live.base_index;
+        self.last_index = live.last_index;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Lowers the largest record payload, so that tests can make splitting cheap.
+    #[cfg(test)]
+    pub(super) fn set_max_record_len(&mut self, max_record_len: u32) {
+        self.max_record_len = max_record_len;
     }
 
     /// Hands the buffered records to the OS.
@@ -206,6 +253,16 @@ impl LogStore {
     }
 }
 
+/// Opens (creating it if missing) the log file for reading and appending.
+fn open_for_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_error("opening", path))
+}
+
 impl Drop for LogStore {
     /// Hands buffered records to the OS, as a buffered writer would. This makes nothing
     /// durable that was not synced; it only keeps a clean shutdown from losing them.
@@ -217,8 +274,9 @@ impl Drop for LogStore {
     }
 }
 
+/// The tests, and the writes and the model that the compaction tests in `rewrite.rs` share.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::fs;
 
     use super::*;
@@ -226,7 +284,7 @@ mod tests {
     use crate::storage::record::MAGIC;
 
     /// An entry whose command names its term and index, so that a mix-up shows.
-    fn entry(term: Term, index: Index) -> Entry {
+    pub(in crate::storage) fn entry(term: Term, index: Index) -> Entry {
         Entry {
             term,
             index,
@@ -235,11 +293,11 @@ mod tests {
     }
 
     /// `Write::Entries` of the entries `first..=last`, all in `term`.
-    fn entries(term: Term, first: Index, last: Index) -> Write {
+    pub(in crate::storage) fn entries(term: Term, first: Index, last: Index) -> Write {
         Write::Entries((first..=last).map(|index| entry(term, index)).collect())
     }
 
-    fn hard_state(term: Term, vote: Option<&str>) -> Write {
+    pub(in crate::storage) fn hard_state(term: Term, vote: Option<&str>) -> Write {
         Write::HardState(HardState {
             term,
             vote: vote.map(str::to_string),
@@ -248,7 +306,7 @@ mod tests {
 
     /// The state after `writes`, computed independently of the store: the contract of
     /// `Write` in a few lines.
-    fn model(writes: &[Write]) -> Recovered {
+    pub(in crate::storage) fn model(writes: &[Write]) -> Recovered {
         let mut state = Recovered::default();
         for write in writes {
             match write {
@@ -257,6 +315,17 @@ mod tests {
                     state.entries.retain(|entry| entry.index < new[0].index);
                     state.entries.extend(new.iter().cloned());
                 }
+                Write::Compact(meta) if meta.index > state.base.index => {
+                    let held = state
+                        .entries
+                        .iter()
+                        .any(|entry| entry.index == meta.index && entry.term == meta.term);
+                    state
+                        .entries
+                        .retain(|entry| held && entry.index > meta.index);
+                    state.base = meta.clone();
+                }
+                Write::Compact(_) => {}
             }
         }
         state
@@ -264,7 +333,7 @@ mod tests {
 
     /// Opens the log in `dir`, applies `writes` and syncs; returns the file offset at which
     /// each write's record starts.
-    fn write_all(dir: &Path, writes: &[Write]) -> Vec<u64> {
+    pub(in crate::storage) fn write_all(dir: &Path, writes: &[Write]) -> Vec<u64> {
         let (mut store, _) = LogStore::open(dir).unwrap();
         let mut starts = Vec::new();
         for write in writes {
@@ -277,7 +346,7 @@ mod tests {
 
     /// A history with elections, votes, appends, and a conflicting suffix overwritten by a
     /// newer primary.
-    fn history() -> Vec<Write> {
+    pub(in crate::storage) fn history() -> Vec<Write> {
         vec![
             hard_state(1, Some("n1")),
             entries(1, 1, 3),

@@ -87,6 +87,8 @@ pub struct Cluster {
     secret_file: PathBuf,
     servers: Vec<Server>,
     http: HttpClient,
+    /// Extra flags for every server.
+    server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -94,6 +96,11 @@ impl Cluster {
     /// other one joins through the first. Returns once every server reports the same
     /// members (all `n`), the same primary, and has applied everything it knows committed.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra flags for every server (e.g. timings).
+    pub async fn start_with(n: usize, server_args: &[&str]) -> Cluster {
         assert!(n >= 1, "a cluster has at least one server");
         let dir = tempfile::Builder::new()
             .prefix("understudy-cluster-")
@@ -107,6 +114,7 @@ impl Cluster {
             secret_file,
             servers: Vec::new(),
             http: HttpClient::with_timeout(Duration::from_secs(5)),
+            server_args: server_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.spawn_new(None).await;
         for _ in 1..n {
@@ -424,6 +432,7 @@ impl Cluster {
         if let Some(join) = join {
             command.args(["--join", join]);
         }
+        command.args(&self.server_args);
         let child = command
             .env("RUST_LOG", "debug")
             // Plain logs, readable in a post-mortem and searchable as text.

@@ -7,6 +7,8 @@
 //! peers, committed entries are applied here, and the answers go back to waiting handlers.
 //! Nobody locks the node, and nothing here waits on disk or on the network.
 
+mod snapshot;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,13 +18,15 @@ use tracing::{debug, error, info, warn};
 
 use super::notify::Notifier;
 use super::peers::Peers;
-use super::persist::{Batch, Persisted};
+use super::persist::{Batch, Job, Persisted};
 use crate::api::{InitBackupResponse, SetBackupsRequest};
 use crate::app::{Outcome, Request, State};
 use crate::error::{Error, Result};
 use crate::replication::{
     Entry, Envelope, Index, Message, Node, NodeId, Output, Payload, RoleKind, Term,
 };
+use crate::storage::Snapshot;
+pub use snapshot::SnapshotSettings;
 
 /// Requests to the driver.
 pub enum Command {
@@ -42,6 +46,13 @@ pub enum Command {
     },
     /// The primary told us the list of backups.
     SetBackups(SetBackupsRequest),
+    /// A whole, checked snapshot from the primary.
+    InstallSnapshot {
+        from: NodeId,
+        term: Term,
+        bytes: Vec<u8>,
+        snapshot: Snapshot,
+    },
     /// An operator removes a server; answered once the new configuration is applied.
     Remove {
         id: NodeId,
@@ -129,6 +140,23 @@ impl DriverHandle {
         answer.await.map_err(|_| shutting_down())?
     }
 
+    /// Hands a received snapshot to the node (does not wait for it to be installed).
+    pub async fn install_snapshot(
+        &self,
+        from: NodeId,
+        term: Term,
+        bytes: Vec<u8>,
+        snapshot: Snapshot,
+    ) -> Result<()> {
+        self.send(Command::InstallSnapshot {
+            from,
+            term,
+            bytes,
+            snapshot,
+        })
+        .await
+    }
+
     /// Records the primary's list of backups.
     pub async fn set_backups(&self, request: SetBackupsRequest) -> Result<()> {
         self.send(Command::SetBackups(request)).await
@@ -164,36 +192,44 @@ pub struct Driver {
     joins: Vec<(NodeId, oneshot::Sender<Result<InitBackupResponse>>)>,
     /// Removals waiting for their configuration entry.
     removals: Vec<PendingRemoval>,
-    storage: mpsc::UnboundedSender<Batch>,
-    peers: Peers,
-    notifier: Notifier,
-    printer: mpsc::UnboundedSender<String>,
+    /// The index of the latest snapshot saved or installed.
+    snapshot_index: Index,
+    storage: mpsc::UnboundedSender<Job>,
+    io: DriverIo,
+}
+
+/// The driver's ways out: to peers, to clients and backups, to stdout, and for snapshots.
+pub struct DriverIo {
+    pub peers: Peers,
+    pub notifier: Notifier,
+    pub printer: mpsc::UnboundedSender<String>,
+    pub snapshots: SnapshotSettings,
 }
 
 impl Driver {
-    /// `node` must have been restored from durable state (its term is on disk).
+    /// `node` must have been restored from durable state (its term is on disk), and `state`
+    /// is the application state at the node's snapshot (empty without one).
     pub fn new(
         node: Node,
-        storage: mpsc::UnboundedSender<Batch>,
-        peers: Peers,
-        notifier: Notifier,
-        printer: mpsc::UnboundedSender<String>,
+        state: State,
+        storage: mpsc::UnboundedSender<Job>,
+        io: DriverIo,
     ) -> Driver {
         let durable_term = node.term();
+        let snapshot = node.snapshot_base();
         Driver {
             node,
-            state: State::new(),
-            applied: 0,
-            applied_members: Vec::new(),
+            state,
+            applied: snapshot.index,
+            applied_members: snapshot.members,
             primary_ready: false,
             durable_term,
             pending: BTreeMap::new(),
             joins: Vec::new(),
             removals: Vec::new(),
+            snapshot_index: snapshot.index,
             storage,
-            peers,
-            notifier,
-            printer,
+            io,
         }
     }
 
@@ -237,6 +273,7 @@ impl Driver {
                             self.durable_term = self.durable_term.max(term);
                         }
                     }
+                    Persisted::Snapshot(meta) => self.node.compact(meta.index),
                     Persisted::Failed(err) => {
                         self.fail_pending(|| Error::Unavailable("storage failed".to_string()));
                         return Err(err);
@@ -289,6 +326,12 @@ impl Driver {
                     let _ = reply.send(Err(err));
                 }
             },
+            Command::InstallSnapshot {
+                from,
+                term,
+                bytes,
+                snapshot,
+            } => self.install_snapshot(from, term, bytes, snapshot),
             Command::SetBackups(request) => {
                 info!(primary = %request.primary, term = request.term, backups = ?request.backups, "primary announced the backups");
             }
@@ -310,10 +353,11 @@ impl Driver {
                     if matches!(envelope.message, Message::Append { .. })
                         && envelope.term <= self.durable_term =>
                 {
-                    self.peers.send(envelope)
+                    self.io.peers.send(envelope)
                 }
                 Output::Send(envelope) => batch.sends.push(envelope),
                 Output::Apply(entries) => self.apply(entries),
+                Output::SendSnapshot { to } => self.send_snapshot(to),
                 Output::RoleChanged {
                     role,
                     term,
@@ -321,10 +365,17 @@ impl Driver {
                 } => self.role_changed(role, term, primary),
             }
         }
-        if !batch.is_empty() && self.storage.send(batch).is_err() {
-            return Err(Error::Internal("the storage worker stopped".to_string()));
+        if !batch.is_empty() {
+            self.store(Job::Batch(batch))?;
         }
-        Ok(())
+        self.maybe_snapshot()
+    }
+
+    /// Hands a job to the storage worker.
+    fn store(&self, job: Job) -> Result<()> {
+        self.storage
+            .send(job)
+            .map_err(|_| Error::Internal("the storage worker stopped".to_string()))
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -358,7 +409,7 @@ impl Driver {
                             message.username,
                             message.message
                         );
-                        let _ = self.printer.send(line);
+                        let _ = self.io.printer.send(line);
                     }
                     applied.outcome
                 }),
@@ -402,7 +453,8 @@ impl Driver {
             let _ = reply.send(Ok(self.join_answer()));
         }
         if self.node.is_primary() {
-            self.notifier
+            self.io
+                .notifier
                 .set_backups(self.node.term(), &self.applied_members);
         }
     }
@@ -420,8 +472,8 @@ impl Driver {
         let term = self.node.term();
         let clients = self.state.client_addresses();
         info!(term, clients = clients.len(), "announcing the new primary");
-        self.notifier.set_backups(term, &self.node.members());
-        self.notifier.new_primary(term, clients);
+        self.io.notifier.set_backups(term, &self.node.members());
+        self.io.notifier.new_primary(term, clients);
     }
 
     fn role_changed(&mut self, role: RoleKind, term: Term, primary: Option<NodeId>) {
