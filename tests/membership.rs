@@ -106,6 +106,24 @@ async fn dead_server_is_removed_and_replaced() {
     );
     assert_eq!(cluster.status(primary).await.members.len(), 2);
 
+    // The removed server comes back on its old data dir: it is refused and told so, and
+    // stops, rather than being re-added or campaigning forever.
+    cluster.restart(dead).await;
+    let exit = cluster.wait_exit(dead).await;
+    assert!(!exit.success(), "a removed server must not keep running");
+    assert!(
+        cluster
+            .stderr(dead)
+            .contains("was removed from the cluster"),
+        "{}",
+        cluster.stderr(dead)
+    );
+    assert_eq!(
+        cluster.status(primary).await.members.len(),
+        2,
+        "not re-added"
+    );
+
     // A new server joins in the dead one's place and gets every message.
     let primary_addr = cluster.addr(primary).to_string();
     let new = cluster.add_server(&primary_addr).await;

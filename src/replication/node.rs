@@ -254,6 +254,18 @@ impl Node {
         self.log.config().1
     }
 
+    /// Whether `id` campaigning to us means it was removed: we are the primary, and it is
+    /// neither a member of our configuration nor a server we are bringing up to date. (Only
+    /// the primary can tell: a backup may just not have heard of a newer configuration.)
+    pub fn is_removed(&self, id: &NodeId) -> bool {
+        match &self.role {
+            Role::Primary(primary) => {
+                !self.members().contains(id) && !primary.learners.contains(id)
+            }
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> Status {
         let (role, term, primary) = self.role_report();
         Status {

@@ -151,7 +151,13 @@ pub async fn serve(
     }
 
     let http = HttpClient::new();
-    let peers = Peers::new(http.clone(), config.secret.clone(), shutdown.clone());
+    let (removed_tx, removed_rx) = mpsc::unbounded_channel();
+    let peers = Peers::new(
+        http.clone(),
+        config.secret.clone(),
+        shutdown.clone(),
+        removed_tx,
+    );
     let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
     if !config.fsync {
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
@@ -204,7 +210,7 @@ pub async fn serve(
     info!(%id, listen = %local, "serving");
 
     let driven = driver
-        .run(commands, persisted_rx, tick, shutdown.clone())
+        .run(commands, persisted_rx, removed_rx, tick, shutdown.clone())
         .await;
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {

@@ -15,7 +15,7 @@ use crate::api::{
     SetBackupsRequest,
 };
 use crate::error::{Error, Result};
-use crate::replication::Envelope;
+use crate::replication::{Envelope, Message};
 
 /// How long a join may take: the new server must receive the whole log first.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,6 +25,23 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn messages(State(app): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>> {
     let envelopes: Vec<Envelope> = postcard::from_bytes(&body)
         .map_err(|err| Error::BadRequest(format!("undecodable messages: {err}")))?;
+    // A server that campaigns although it was removed is told so, rather than ignored.
+    if let Some(candidate) = envelopes
+        .iter()
+        .find(|e| matches!(e.message, Message::Vote { .. }))
+        .map(|e| e.from.clone())
+    {
+        let asker = candidate.clone();
+        if app
+            .driver
+            .query(move |view| view.node.is_removed(&asker))
+            .await?
+        {
+            return Err(Error::Forbidden(format!(
+                "{candidate} was removed from the cluster; start it with an empty data dir and --join to add it again"
+            )));
+        }
+    }
     app.driver.deliver(envelopes).await?;
     Ok(Json(serde_json::json!({})))
 }

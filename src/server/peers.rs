@@ -40,12 +40,21 @@ pub struct Peers {
     shutdown: CancellationToken,
     /// Sender tasks are started from the storage worker's thread too, outside the runtime.
     runtime: tokio::runtime::Handle,
+    /// Where a peer's "you were removed" answer goes (to the driver).
+    removed: mpsc::UnboundedSender<String>,
 }
 
 impl Peers {
-    /// Must be called inside the tokio runtime that will run the sender tasks.
-    pub fn new(http: HttpClient, secret: ClusterSecret, shutdown: CancellationToken) -> Peers {
+    /// Must be called inside the tokio runtime that will run the sender tasks. A peer's
+    /// answer that this server was removed from the cluster is passed on to `removed`.
+    pub fn new(
+        http: HttpClient,
+        secret: ClusterSecret,
+        shutdown: CancellationToken,
+        removed: mpsc::UnboundedSender<String>,
+    ) -> Peers {
         Peers {
+            removed,
             runtime: tokio::runtime::Handle::current(),
             senders: Arc::default(),
             http,
@@ -71,7 +80,13 @@ impl Peers {
 
     fn spawn_sender(&self, peer: NodeId) -> mpsc::UnboundedSender<Envelope> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = sender_loop(peer, rx, self.http.clone(), self.secret.clone());
+        let task = sender_loop(
+            peer,
+            rx,
+            self.http.clone(),
+            self.secret.clone(),
+            self.removed.clone(),
+        );
         let shutdown = self.shutdown.clone();
         self.runtime.spawn(async move {
             tokio::select! {
@@ -88,6 +103,7 @@ async fn sender_loop(
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     http: HttpClient,
     secret: ClusterSecret,
+    removed: mpsc::UnboundedSender<String>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -121,6 +137,10 @@ async fn sender_loop(
             .await;
         let failed = match result {
             Ok(response) if response.is_success() => false,
+            Ok(response) if response.status == 403 => {
+                let _ = removed.send(response.error().detail());
+                true
+            }
             Ok(response) => {
                 debug!(%peer, status = response.status, "peer refused messages");
                 true

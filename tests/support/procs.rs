@@ -351,6 +351,25 @@ impl Cluster {
         self.servers.iter().map(|s| s.addr.clone()).collect()
     }
 
+    /// Waits for server `i` to exit by itself; returns its exit status.
+    pub async fn wait_exit(&mut self, i: usize) -> ExitStatus {
+        let child = self.servers[i]
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("server {i} is not running"));
+        let status = wait_for(
+            deadline(READY_TIMEOUT),
+            "the server to exit",
+            async || match child.try_wait().map_err(|err| err.to_string())? {
+                Some(status) => Ok(status),
+                None => Err("still running".to_string()),
+            },
+        )
+        .await;
+        self.servers[i].child = None;
+        status
+    }
+
     /// Kills server `i` at once (SIGKILL).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].child.take() {

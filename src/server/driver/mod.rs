@@ -194,6 +194,8 @@ pub struct Driver {
     removals: Vec<PendingRemoval>,
     /// The index of the latest snapshot saved or installed.
     snapshot_index: Index,
+    /// A configuration without this server was applied: the driver stops.
+    removed: bool,
     storage: mpsc::UnboundedSender<Job>,
     io: DriverIo,
 }
@@ -228,6 +230,7 @@ impl Driver {
             joins: Vec::new(),
             removals: Vec::new(),
             snapshot_index: snapshot.index,
+            removed: false,
             storage,
             io,
         }
@@ -244,6 +247,7 @@ impl Driver {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut persisted: mpsc::UnboundedReceiver<Persisted>,
+        mut removed: mpsc::UnboundedReceiver<String>,
         tick: Duration,
         shutdown: CancellationToken,
     ) -> Result<()> {
@@ -264,6 +268,13 @@ impl Driver {
                         }
                     }
                 }
+                Some(why) = removed.recv() => {
+                    // The primary says we are no longer a member: stop, rather than campaign
+                    // forever or come back unnoticed.
+                    error!("{why}");
+                    self.fail_pending(|| Error::Unavailable("this server was removed".to_string()));
+                    return Err(Error::Forbidden(why));
+                }
                 Some(event) = persisted.recv() => match event {
                     Persisted::Durable { log, term } => {
                         if let Some((index, term)) = log {
@@ -283,6 +294,13 @@ impl Driver {
             if let Err(err) = self.process_outputs() {
                 self.fail_pending(|| Error::Unavailable("storage failed".to_string()));
                 return Err(err);
+            }
+            if self.removed {
+                self.fail_pending(|| Error::Unavailable("this server was removed".to_string()));
+                return Err(Error::Forbidden(
+                    "this server was removed from the cluster; start it with an empty data dir and --join to add it again"
+                        .to_string(),
+                ));
             }
         }
         self.fail_pending(shutting_down);
@@ -431,6 +449,11 @@ impl Driver {
 
     fn config_applied(&mut self, index: Index, term: Term, members: Vec<NodeId>) {
         info!(?members, "configuration applied");
+        let me = self.node.id();
+        if self.applied_members.contains(me) && !members.contains(me) {
+            error!("this server was removed from the cluster; it no longer takes part");
+            self.removed = true;
+        }
         self.applied_members = members;
         for (waited, proposed_in, reply) in std::mem::take(&mut self.removals) {
             if waited == index {
