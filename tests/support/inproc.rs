@@ -394,3 +394,54 @@ fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+// ---- Shared by the HTTP tests ----------------------------------------------------------
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A server with one client logged in as `alice`: (server, client_id, token).
+pub async fn server_with_alice() -> (Server, String, String) {
+    let server = Server::start().await;
+    let client_id = server.init_client().await;
+    server.register("alice", PASSWORD).await;
+    let token = server.login(&client_id, "alice", PASSWORD).await;
+    (server, client_id, token)
+}
+
+/// Contract, Errors: `{"error": "<code>", "message": "<for a person>"}` with a fitting
+/// status, as JSON.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: u16, code: &str, case: &str) {
+    if let Some(mismatch) = error_mismatch(reply, status, code) {
+        panic!("{case}: {mismatch}");
+    }
+}
+
+/// What is wrong with an error answer, if anything (see [`assert_error`]).
+pub fn error_mismatch(reply: &Reply, status: u16, code: &str) -> Option<String> {
+    let message = reply.field("message").as_str().unwrap_or_default();
+    let content_type = reply.header("content-type").unwrap_or_default();
+    let fits = reply.status == status
+        && reply.field("error") == code
+        && !message.is_empty()
+        && content_type.starts_with("application/json");
+    (!fits).then(|| {
+        format!(
+            "expected {status} {code:?} with a message, as JSON; got {} ({content_type:?}) {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )
+    })
+}
+
+/// The exact set of keys of a JSON object.
+pub fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}

@@ -1,0 +1,192 @@
+//! The primary's side of the protocol: replicating to every backup within its window,
+//! committing what a majority holds (Raft §5.3, §5.4.2), membership changes one server at a
+//! time, and check-quorum.
+
+use tracing::{debug, info, warn};
+
+use super::*;
+
+impl Node {
+    // ---- Primary side --------------------------------------------------------------------
+
+    pub(super) fn on_append_accepted(&mut self, from: NodeId, match_index: Index) {
+        let last_index = self.log.last_index();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        let Some(progress) = primary.progress.get_mut(&from) else {
+            return;
+        };
+        if match_index > last_index {
+            warn!(from = %from, match_index, "backup claims entries we never sent; ignored");
+            return;
+        }
+        if progress.accepted(match_index) {
+            self.maybe_commit();
+            self.maybe_promote_learner();
+        }
+    }
+
+    pub(super) fn on_append_rejected(&mut self, from: NodeId, prev_index: Index, hint: Index) {
+        let last_index = self.log.last_index();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        if let Some(progress) = primary.progress.get_mut(&from) {
+            debug!(from = %from, prev_index, hint, "append rejected; probing back");
+            progress.rejected(prev_index, hint.min(last_index));
+        }
+    }
+
+    /// Sends every backup what it lacks, as far as its window allows.
+    pub(super) fn send_appends(&mut self) {
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        let last_index = self.log.last_index();
+        let base_index = self.log.base_index();
+        let mut sends = Vec::new();
+        let mut snapshots = Vec::new();
+        for (peer, progress) in primary.progress.iter_mut() {
+            if progress.next <= base_index {
+                // What it needs next was compacted away: it gets the snapshot instead.
+                if progress.start_snapshot(base_index) {
+                    snapshots.push(peer.clone());
+                }
+                continue;
+            }
+            while progress.next <= last_index && progress.can_send(self.opts.max_inflight) {
+                let entries = self
+                    .log
+                    .entries_from(progress.next, self.opts.max_append_entries);
+                let Some(last) = entries.last().map(|e| e.index) else {
+                    break;
+                };
+                let prev_index = progress.next - 1;
+                let prev_term = self.log.term_at(prev_index).unwrap_or_default();
+                progress.sent(last);
+                sends.push((
+                    peer.clone(),
+                    Message::Append {
+                        prev_index,
+                        prev_term,
+                        entries,
+                        commit: self.commit,
+                    },
+                ));
+            }
+        }
+        for (to, message) in sends {
+            self.send(to, message);
+        }
+        for to in snapshots {
+            info!(backup = %to, "backup is behind the compacted log; sending the snapshot");
+            self.outputs.push(Output::SendSnapshot { to });
+        }
+    }
+
+    /// An empty append to every backup: keeps them from starting elections, carries the
+    /// commit index, and finds backups whose log fell behind.
+    pub(super) fn heartbeat(&mut self) {
+        let Role::Primary(primary) = &self.role else {
+            return;
+        };
+        let beats: Vec<_> = primary
+            .progress
+            .iter()
+            .map(|(peer, progress)| {
+                let prev_index = progress.heartbeat_index();
+                let message = Message::Append {
+                    prev_index,
+                    prev_term: self.log.term_at(prev_index).unwrap_or_default(),
+                    entries: Vec::new(),
+                    commit: self.commit,
+                };
+                (peer.clone(), message)
+            })
+            .collect();
+        for (to, message) in beats {
+            self.send(to, message);
+        }
+    }
+
+    /// Commits the highest index that a majority of the members hold durably, if it is of
+    /// this term (Raft §5.4.2: older entries are committed only through it).
+    pub(super) fn maybe_commit(&mut self) {
+        let Role::Primary(primary) = &self.role else {
+            return;
+        };
+        let members = self.log.config().1;
+        let mut matched: Vec<Index> = members
+            .iter()
+            .map(|member| {
+                if member == &self.id {
+                    self.persisted
+                } else {
+                    primary.progress.get(member).map_or(0, |p| p.matched)
+                }
+            })
+            .collect();
+        if matched.is_empty() {
+            return;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        #[allow(unused_mut)]
+        let mut needed = quorum(members.len());
+        #[cfg(test)]
+        if self.opts.planted_bug == Some(PlantedBug::CommitWithoutQuorum) {
+            needed = 1;
+        }
+        let quorum_index = matched[needed.min(matched.len()) - 1];
+        if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
+            self.commit = quorum_index;
+            self.emit_apply();
+        }
+    }
+
+    /// Proposes a configuration adding the first learner that has caught up, once no other
+    /// configuration change is in flight and this term's first entry is committed (both
+    /// needed for single-server changes to keep majorities overlapping).
+    pub(super) fn maybe_promote_learner(&mut self) {
+        let (config_index, mut members) = self.log.config();
+        let Role::Primary(primary) = &mut self.role else {
+            return;
+        };
+        if config_index > self.commit || primary.term_start > self.commit {
+            return;
+        }
+        let ready = primary.learners.iter().find(|learner| {
+            primary
+                .progress
+                .get(*learner)
+                .is_some_and(|p| p.matched >= self.commit)
+        });
+        let Some(learner) = ready.cloned() else {
+            return;
+        };
+        primary.learners.remove(&learner);
+        info!(server = %learner, "server caught up; adding it to the configuration");
+        members.push(learner);
+        members.sort();
+        let entry = self.log.append(self.term, Payload::Config(members));
+        self.outputs
+            .push(Output::Write(Write::Entries(vec![entry])));
+    }
+
+    pub(super) fn has_active_quorum(&mut self) -> bool {
+        let members = self.log.config().1;
+        let Role::Primary(primary) = &mut self.role else {
+            return false;
+        };
+        let active = members
+            .iter()
+            .filter(|m| {
+                *m == &self.id || primary.progress.get(*m).is_some_and(|p| p.recently_active)
+            })
+            .count();
+        for progress in primary.progress.values_mut() {
+            progress.recently_active = false;
+        }
+        active >= quorum(members.len())
+    }
+}
