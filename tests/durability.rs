@@ -3,11 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use understudy::client::{Client, ClientOptions};
-
-use support::procs::{Cluster, READY_TIMEOUT, deadline, wait_until};
+use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until};
 
 /// Contract: "A 2xx answer to a change means it is committed: it is on a majority of
 /// servers, on disk, and survives every failover and the crash of any number of servers, all
@@ -17,22 +13,7 @@ use support::procs::{Cluster, READY_TIMEOUT, deadline, wait_until};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_crash_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start(3).await;
-    let options = ClientOptions {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        retry_for: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(cluster.addrs(), options)
-        .await
-        .expect("client/init");
-    client
-        .register("durable", "durable-password")
-        .await
-        .expect("register");
-    client
-        .login("durable", "durable-password")
-        .await
-        .expect("login");
+    let client = logged_in_client(&cluster, "durable").await;
     let mut acked = Vec::new();
     for n in 1..=200u64 {
         let text = format!("durable-{n:03}");

@@ -12,9 +12,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
-use understudy::client::{Client, ClientOptions};
+use understudy::client::Client;
 
-use support::procs::{Cluster, READY_TIMEOUT, deadline, wait_until};
+use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until};
 
 /// A client that writes `write-N` messages until stopped, recording what was acknowledged.
 struct Writer {
@@ -26,22 +26,7 @@ struct Writer {
 
 impl Writer {
     async fn start(cluster: &Cluster) -> Writer {
-        let options = ClientOptions {
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            retry_for: Duration::from_secs(20),
-            ..ClientOptions::default()
-        };
-        let client = Client::connect(cluster.addrs(), options)
-            .await
-            .expect("client/init");
-        client
-            .register("writer", "writer-password")
-            .await
-            .expect("register");
-        client
-            .login("writer", "writer-password")
-            .await
-            .expect("login");
+        let client = logged_in_client(cluster, "writer").await;
         let client = Arc::new(client);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));

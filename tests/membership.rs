@@ -4,11 +4,8 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
-use understudy::client::{Client, ClientOptions};
-
-use support::procs::{Cluster, READY_TIMEOUT, deadline, wait_until};
+use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until};
 
 /// Runs `understudy admin` with the given arguments; returns (success, stdout + stderr).
 fn admin(cluster: &Cluster, servers: &str, args: &[&str]) -> (bool, String) {
@@ -33,19 +30,7 @@ fn admin(cluster: &Cluster, servers: &str, args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_server_is_removed_and_replaced() {
     let mut cluster = Cluster::start(3).await;
-    let options = ClientOptions {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        retry_for: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(cluster.addrs(), options)
-        .await
-        .expect("init");
-    client
-        .register("ops", "ops-password")
-        .await
-        .expect("register");
-    client.login("ops", "ops-password").await.expect("login");
+    let client = logged_in_client(&cluster, "ops").await;
     client
         .send("before the removal")
         .await

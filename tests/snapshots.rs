@@ -5,11 +5,8 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use understudy::client::{Client, ClientOptions};
-
-use support::procs::{Cluster, READY_TIMEOUT, deadline, files_under, wait_until};
+use support::procs::{Cluster, READY_TIMEOUT, deadline, files_under, logged_in_client, wait_until};
 
 /// Entries between snapshots in these tests.
 const SNAPSHOT_EVERY: u64 = 500;
@@ -47,20 +44,7 @@ async fn data_dir_stays_bounded_and_a_late_joiner_gets_the_snapshot() {
     const WRITERS: u64 = 8;
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let options = ClientOptions {
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            retry_for: Duration::from_secs(30),
-            ..ClientOptions::default()
-        };
-        let client = Client::connect(cluster.addrs(), options)
-            .await
-            .expect("init");
-        let user = format!("writer{w}");
-        client
-            .register(&user, "writer-password")
-            .await
-            .expect("register");
-        client.login(&user, "writer-password").await.expect("login");
+        let client = logged_in_client(&cluster, &format!("writer{w}")).await;
         let client = Arc::new(client);
         writers.push(tokio::spawn(async move {
             for n in 0..messages / WRITERS {

@@ -3,31 +3,23 @@
 //! majority and a new server can join in its place.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
+use super::secret::SecretArgs;
 use understudy::api::{RemoveServerRequest, RemoveServerResponse, StatusResponse};
 use understudy::client::HttpClient;
-use understudy::server::{ClusterSecret, post_to_primary};
+use understudy::server::post_to_primary;
 
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// Servers to ask, HOST:PORT[,...] (any members).
     #[arg(long, value_delimiter = ',', required = true)]
     servers: Vec<String>,
-    /// The cluster secret file (needed for changes).
-    #[arg(long)]
-    cluster_secret_file: Option<PathBuf>,
-    /// The cluster secret itself, instead of a file.
-    #[arg(
-        long = "cluster-secret",
-        env = "UNDERSTUDY_CLUSTER_SECRET",
-        hide_env_values = true,
-        hide = true
-    )]
-    cluster_secret: Option<String>,
+    /// The cluster secret (needed for changes).
+    #[command(flatten)]
+    secret: SecretArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -49,7 +41,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     match &args.command {
         AdminCommand::Status => status(&http, &args.servers).await,
         AdminCommand::Remove { server } => {
-            let secret = secret(&args)?;
+            let secret = args.secret.load()?;
             let answer: RemoveServerResponse = post_to_primary(
                 &http,
                 &secret,
@@ -68,16 +60,6 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn secret(args: &AdminArgs) -> Result<ClusterSecret> {
-    let text = match (&args.cluster_secret_file, &args.cluster_secret) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-        (None, Some(secret)) => secret.clone(),
-        (None, None) => bail!("changes need --cluster-secret-file or UNDERSTUDY_CLUSTER_SECRET"),
-    };
-    Ok(ClusterSecret::new(&text)?)
 }
 
 /// Asks the given servers and every member they name; prints one row per server.

@@ -5,4 +5,5 @@ pub mod bench;
 pub mod client;
 pub mod demo;
 mod local_cluster;
+mod secret;
 pub mod server;

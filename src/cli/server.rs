@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use understudy::server::{self, ClusterSecret, Config};
+use super::secret::SecretArgs;
+use understudy::server::{self, Config};
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -16,17 +16,8 @@ pub struct ServerArgs {
     /// Directory for the log and the server's identity (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// File holding the cluster secret (at least 16 bytes; surrounding white space ignored).
-    #[arg(long, required_unless_present = "cluster_secret")]
-    cluster_secret_file: Option<PathBuf>,
-    /// The cluster secret itself, instead of a file.
-    #[arg(
-        long = "cluster-secret",
-        env = "UNDERSTUDY_CLUSTER_SECRET",
-        hide_env_values = true,
-        hide = true
-    )]
-    cluster_secret: Option<String>,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Address others use to reach this server (its name in the cluster); defaults to --listen.
     #[arg(long)]
     advertise: Option<String>,
@@ -57,13 +48,7 @@ enum Fsync {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let secret_text = match (&args.cluster_secret_file, &args.cluster_secret) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?,
-        (None, Some(secret)) => secret.clone(),
-        (None, None) => anyhow::bail!("give --cluster-secret-file or UNDERSTUDY_CLUSTER_SECRET"),
-    };
-    let secret = ClusterSecret::new(&secret_text)?;
+    let secret = args.secret.load()?;
     anyhow::ensure!(args.heartbeat_ms > 0, "--heartbeat-ms must be positive");
     anyhow::ensure!(
         args.election_timeout_ms >= 2 * args.heartbeat_ms,

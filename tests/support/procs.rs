@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use understudy::api::{ClientInfo, ClientsResponse, MessageInfo, MessagesResponse, StatusResponse};
 use understudy::client::http::{HttpClient, HttpResponse};
+use understudy::client::{Client, ClientOptions};
 
 /// How long a cluster may take to start, or a server to join, restart or stop.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -314,26 +315,15 @@ impl Cluster {
 
     /// Sends SIGTERM to server `i` and waits for its process to exit.
     pub async fn terminate(&mut self, i: usize) -> ExitStatus {
-        let child = self.servers[i]
-            .child
-            .as_mut()
+        let pid = self
+            .pid(i)
             .unwrap_or_else(|| panic!("server {i} is not running"));
         let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .expect("cannot run kill");
         assert!(sent.success(), "kill -TERM failed for server {i}");
-        let exit = wait_for(
-            deadline(READY_TIMEOUT),
-            "the server to exit",
-            async || match child.try_wait().map_err(|err| err.to_string())? {
-                Some(status) => Ok(status),
-                None => Err("still running".to_string()),
-            },
-        )
-        .await;
-        self.servers[i].child = None;
-        exit
+        self.wait_exit(i).await
     }
 
     /// The file holding the cluster secret.
@@ -551,4 +541,21 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
         || haystack
             .windows(needle.len())
             .any(|window| window == needle)
+}
+
+/// A client of `cluster` (listening on loopback, retrying for up to 30 s), registered and
+/// logged in as `user` with the password `<user>-password`.
+pub async fn logged_in_client(cluster: &Cluster, user: &str) -> Client {
+    let options = ClientOptions {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        retry_for: Duration::from_secs(30),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(cluster.addrs(), options)
+        .await
+        .expect("client/init");
+    let password = format!("{user}-password");
+    client.register(user, &password).await.expect("register");
+    client.login(user, &password).await.expect("login");
+    client
 }
