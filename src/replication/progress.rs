@@ -104,8 +104,13 @@ impl Progress {
     /// A stale rejection (of something already known to match) is ignored.
     pub fn rejected(&mut self, prev_index: Index, hint: Index) {
         self.recently_active = true;
+        // While a snapshot is on its way the backup rejects every heartbeat (it lacks what
+        // they refer to); those rejections must not keep a lost snapshot from being resent.
+        if self.snapshot.is_some() {
+            return;
+        }
         self.stalled_ticks = 0;
-        if prev_index < self.matched || self.snapshot.is_some() {
+        if prev_index < self.matched {
             return;
         }
         self.probing = true;

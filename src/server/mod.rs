@@ -47,7 +47,7 @@ use crate::api::MAX_BODY_BYTES;
 use crate::app::State;
 use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
-use crate::replication::{Entry, SnapshotMeta};
+use crate::replication::{Entry, SnapshotMeta, Write};
 use crate::replication::{Node, NodeId, Options};
 use crate::storage::load_snapshot;
 use crate::storage::{LogStore, load_identity, save_identity};
@@ -132,7 +132,16 @@ pub async fn serve(
         }
     };
 
+    let base = recovered.base.index;
     let (snapshot, state, entries) = restore(&config.data_dir, recovered.base, recovered.entries)?;
+    let mut store = store;
+    if snapshot.index > base {
+        // A snapshot received from the primary was saved, but the crash came before the log
+        // was compacted to it: compact now, so the log on disk continues where the snapshot
+        // ends (the next entry written would otherwise leave a gap, or follow a stale one).
+        store.write(&Write::Compact(snapshot.clone()))?;
+        store.sync()?;
+    }
     let fresh = entries.is_empty() && snapshot.index == 0;
     let (tick, options) = timing(config.heartbeat, config.election_timeout);
     let mut node = Node::restore(

@@ -32,6 +32,19 @@ impl<E> EventQueue<E> {
     pub fn pop(&mut self) -> Option<(Time, E)> {
         self.events.pop_first().map(|((at, _), event)| (at, event))
     }
+
+    /// Takes every event due by `until` that `wanted` picks, in queue order.
+    pub fn take_due(&mut self, until: Time, mut wanted: impl FnMut(&E) -> bool) -> Vec<E> {
+        let keys: Vec<(Time, u64)> = self
+            .events
+            .range(..=(until, u64::MAX))
+            .filter(|(_, event)| wanted(event))
+            .map(|(&key, _)| key)
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| self.events.remove(&key))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -47,5 +60,20 @@ mod tests {
         queue.schedule(5, "c");
         let order: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, vec![(3, "a"), (5, "b"), (5, "c")]);
+    }
+
+    /// Events taken early come out in queue order, and only those due by the limit.
+    #[test]
+    fn take_due_keeps_the_order_and_the_limit() {
+        let mut queue = EventQueue::new();
+        for (at, event) in [(4, "x1"), (2, "y"), (4, "x2"), (3, "x0"), (9, "x3")] {
+            queue.schedule(at, event);
+        }
+        assert_eq!(
+            queue.take_due(5, |e| e.starts_with('x')),
+            vec!["x0", "x1", "x2"]
+        );
+        let rest: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, vec![(2, "y"), (9, "x3")]);
     }
 }

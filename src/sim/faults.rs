@@ -37,6 +37,12 @@ pub struct Plan {
     /// A crashed server restarts, a paused one resumes, a partition heals within this.
     pub max_outage: Time,
     pub clients: usize,
+    /// Each server takes a snapshot (and compacts its log) every this many applied entries.
+    pub snapshot_every: u64,
+    /// A server's driver takes the packets that arrive within this long of one another in
+    /// one round, draining the node's outputs only after all of them (the commands queued
+    /// while it was busy, `MAX_COMMANDS_PER_ROUND` in `src/server/driver/mod.rs`).
+    pub round_window: Time,
 }
 
 /// One action of the nemesis.
@@ -84,6 +90,8 @@ impl Plan {
             ],
             max_outage: pick(rng, &[100, 300, 800]),
             clients: rng.random_range(1..=4),
+            snapshot_every: pick(rng, &[5, 10, 20, 50]),
+            round_window: pick(rng, &[0, 2, 10]),
         }
     }
 

@@ -4,12 +4,22 @@
 //! every term's primary, every server's vote per term, every entry ever committed (applied
 //! by anyone) with its outcome, and every server's term in memory and on disk. A check that
 //! fails returns a [`Violation`] naming the broken property.
+//!
+//! The record of committed entries is the simulation's own, independent of the servers'
+//! logs, so it stays whole when they compact theirs. Beside it runs a reference replay: the
+//! committed commands applied in order to one application state, with a copy kept every
+//! [`CHECKPOINT_EVERY`] entries. It gives the state at any committed index cheaply, which is
+//! what a snapshot (taken, installed, or read back at a restart) must hold.
 
 use std::collections::BTreeMap;
 
+use super::storage::LogFile;
 use super::{Invariant, Violation};
-use crate::app::{Command, Outcome, Request};
-use crate::replication::{Entry, Envelope, Message, NodeId, Payload, Term};
+use crate::app::{Command, Outcome, Request, State};
+use crate::replication::{Entry, Envelope, Index, Message, NodeId, Payload, SnapshotMeta, Term};
+
+/// Committed entries between two copies of the reference state.
+const CHECKPOINT_EVERY: usize = 32;
 
 /// The record of a run, as far as safety is concerned.
 pub struct Invariants {
@@ -29,6 +39,13 @@ pub struct Invariants {
     /// Per server: its term in memory (current incarnation) and the highest durable term.
     terms: Vec<Term>,
     durable_terms: Vec<Term>,
+    /// The committed commands applied in order: the state after every committed entry.
+    reference: State,
+    /// `checkpoints[k]` is the reference state after the first `k * CHECKPOINT_EVERY`
+    /// committed entries.
+    checkpoints: Vec<State>,
+    /// The indexes of the committed configuration entries, ascending.
+    configs: Vec<Index>,
 }
 
 /// A server that became primary of a term.
@@ -50,6 +67,9 @@ impl Invariants {
             outcomes: Vec::new(),
             terms: vec![0; servers],
             durable_terms: vec![0; servers],
+            reference: State::new(),
+            checkpoints: vec![State::new()],
+            configs: Vec::new(),
         }
     }
 
@@ -68,12 +88,15 @@ impl Invariants {
     /// Entries committed in its own term or a later one are not owed: a candidate whose
     /// votes were delayed may win an old term after newer terms committed entries; it can
     /// commit nothing there, since a majority has moved on.
+    ///
+    /// Entries the primary compacted away are covered by its snapshot: the base must be a
+    /// committed entry (its snapshot's state is checked when taken or installed).
     pub fn became_primary(
         &mut self,
         id: &NodeId,
         incarnation: u64,
         term: Term,
-        log: &[Entry],
+        log: &LogFile,
     ) -> Result<(), Violation> {
         match self.primaries.get(&term) {
             Some(claim) if claim.id != *id || claim.incarnation != incarnation => {
@@ -98,11 +121,27 @@ impl Invariants {
                 );
             }
         }
+        let base = &log.base;
+        if base.index > 0 {
+            let covered = self.committed.get(base.index as usize - 1);
+            if covered.is_none_or(|c| c.term != base.term) {
+                return Err(Violation::new(
+                    Invariant::PrimaryHasAllCommitted,
+                    format!(
+                        "{id} became primary of term {term} with its log compacted up to \
+                         {}@{}, where {} was committed",
+                        base.index,
+                        base.term,
+                        covered.map_or("nothing yet".to_string(), show)
+                    ),
+                ));
+            }
+        }
         for (committed, &committed_in) in self.committed.iter().zip(&self.committed_in) {
-            if committed_in >= term {
+            if committed_in >= term || committed.index <= base.index {
                 continue;
             }
-            let held = log.get(committed.index as usize - 1);
+            let held = log.entries.get((committed.index - base.index) as usize - 1);
             if held != Some(committed) {
                 return Err(Violation::new(
                     Invariant::PrimaryHasAllCommitted,
@@ -136,9 +175,23 @@ impl Invariants {
                     self.committed.len(),
                     "applies are checked in order"
                 );
+                let replayed = self.replay(entry);
+                if &replayed != outcome {
+                    return Err(Violation::new(
+                        Invariant::DeterministicApply,
+                        format!(
+                            "{id} got {outcome:?} applying index {} where a replay of the \
+                             committed entries gives {replayed:?}",
+                            entry.index
+                        ),
+                    ));
+                }
                 self.committed.push(entry.clone());
                 self.committed_in.push(term);
                 self.outcomes.push(outcome.clone());
+                if self.committed.len() % CHECKPOINT_EVERY == 0 {
+                    self.checkpoints.push(self.reference.clone());
+                }
                 Ok(())
             }
             Some(committed) if committed != entry => Err(Violation::new(
@@ -160,13 +213,125 @@ impl Invariants {
         }
     }
 
-    /// A message left a server: a granted vote must be the voter's only one in that term.
-    pub fn sent(&mut self, envelope: &Envelope) -> Result<(), Violation> {
-        if let Some(claim) = self.primaries.get_mut(&envelope.term)
-            && claim.id == envelope.from
+    /// Applies a newly committed entry to the reference state; returns its outcome.
+    fn replay(&mut self, entry: &Entry) -> Option<Outcome> {
+        match &entry.payload {
+            Payload::Noop => None,
+            Payload::Config(_) => {
+                self.configs.push(entry.index);
+                None
+            }
+            Payload::Command(bytes) => {
+                let request =
+                    Request::decode(bytes).expect("the simulation proposes valid requests");
+                Some(self.reference.apply(&request).outcome)
+            }
+        }
+    }
+
+    /// The application state after the committed entries up to `index`.
+    fn state_at(&self, index: Index) -> State {
+        let checkpoint = index as usize / CHECKPOINT_EVERY;
+        let mut state = self.checkpoints[checkpoint].clone();
+        for entry in &self.committed[checkpoint * CHECKPOINT_EVERY..index as usize] {
+            if let Payload::Command(bytes) = &entry.payload {
+                let request =
+                    Request::decode(bytes).expect("the simulation proposes valid requests");
+                state.apply(&request);
+            }
+        }
+        state
+    }
+
+    /// A server took, installed, or restarted from (`what`) a snapshot: it must cover
+    /// committed entries only, name the term of its last one and the configuration in force
+    /// there, and its application state must be exactly that of the committed entries up to
+    /// its index. Equal states at equal applied indexes, whatever the path to them.
+    pub fn snapshot(
+        &self,
+        id: &NodeId,
+        what: &str,
+        meta: &SnapshotMeta,
+        state: &State,
+    ) -> Result<(), Violation> {
+        let fail = |why: String| {
+            Err(Violation::new(
+                Invariant::SnapshotConsistent,
+                format!(
+                    "{id} {what} a snapshot at {}@{} that {why}",
+                    meta.index, meta.term
+                ),
+            ))
+        };
+        if meta.index == 0 {
+            return fail("covers nothing".to_string());
+        }
+        let Some(last) = self.committed.get(meta.index as usize - 1) else {
+            return fail(format!(
+                "goes beyond the {} committed entries",
+                self.committed.len()
+            ));
+        };
+        if last.term != meta.term {
+            return fail(format!("ends where {} was committed", show(last)));
+        }
+        let config = self
+            .configs
+            .iter()
+            .rev()
+            .find(|&&i| i <= meta.index)
+            .and_then(|&i| match &self.committed[i as usize - 1].payload {
+                Payload::Config(members) => Some(members.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if config != meta.members {
+            return fail(format!(
+                "names the members {:?} where {config:?} were in force",
+                meta.members
+            ));
+        }
+        let expected = self.state_at(meta.index);
+        if *state != expected {
+            return fail(format!(
+                "holds another application state than the committed entries give ({} messages \
+                 where {} were committed)",
+                state.message_count(),
+                expected.message_count()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A server ends the run with `state` after applying up to `index`: the replay's state
+    /// there, whether it got there entry by entry or through snapshots.
+    pub fn final_state(&self, id: &NodeId, index: Index, state: &State) -> Result<(), Violation> {
+        if index as usize > self.committed.len() || *state != self.state_at(index) {
+            return Err(Violation::new(
+                Invariant::ClientHistory,
+                format!(
+                    "{id} ends at index {index} with another application state than the \
+                     {} committed entries give",
+                    self.committed.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A server that is primary of `term` sent something: from then on others may act on its
+    /// primacy.
+    pub fn spoke(&mut self, from: &NodeId, term: Term) {
+        if let Some(claim) = self.primaries.get_mut(&term)
+            && claim.id == *from
         {
             claim.spoke = true;
         }
+    }
+
+    /// A message left a server: a granted vote must be the voter's only one in that term.
+    pub fn sent(&mut self, envelope: &Envelope) -> Result<(), Violation> {
+        self.spoke(&envelope.from, envelope.term);
         if !self.check_votes {
             return Ok(());
         }
@@ -272,4 +437,105 @@ pub fn show(entry: &Entry) -> String {
         },
     };
     format!("{}@{} {what}", entry.index, entry.term)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(index: Index, term: Term, client: &str) -> Entry {
+        let request = Request {
+            origin: "client".to_string(),
+            command: Command::InitClient {
+                client_id: client.to_string(),
+                address: "10.0.0.1:9000".to_string(),
+            },
+        };
+        Entry {
+            term,
+            index,
+            payload: Payload::Command(request.encode()),
+        }
+    }
+
+    /// Commits a configuration of n1 and n2, then `count` commands; returns the record and
+    /// the state a server has after applying all of them.
+    fn committed(count: u64) -> (Invariants, State) {
+        let mut invariants = Invariants::new(2, true);
+        let mut state = State::new();
+        let config = Entry {
+            term: 0,
+            index: 1,
+            payload: Payload::Config(vec!["n1".to_string(), "n2".to_string()]),
+        };
+        invariants
+            .applied(&"n1".to_string(), 1, &config, &None)
+            .unwrap();
+        for index in 2..=count + 1 {
+            let entry = init(index, 1, &format!("c{index}"));
+            let Payload::Command(bytes) = &entry.payload else {
+                unreachable!()
+            };
+            let outcome = state.apply(&Request::decode(bytes).unwrap()).outcome;
+            invariants
+                .applied(&"n1".to_string(), 1, &entry, &Some(outcome))
+                .unwrap();
+        }
+        (invariants, state)
+    }
+
+    fn meta(index: Index, term: Term) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            members: vec!["n1".to_string(), "n2".to_string()],
+        }
+    }
+
+    /// A snapshot is checked against the replay of the committed entries, across the
+    /// reference's checkpoints: the right state passes, a state missing or repeating an
+    /// entry, a wrong term, wrong members or an index beyond the commits are caught.
+    #[test]
+    fn snapshot_must_hold_the_committed_state() {
+        let count = 2 * CHECKPOINT_EVERY as u64 + 5;
+        let (invariants, state) = committed(count);
+        let id = "n2".to_string();
+        let last = count + 1;
+        invariants
+            .snapshot(&id, "installed", &meta(last, 1), &state)
+            .unwrap();
+
+        let (_, shorter) = committed(count - 1);
+        let caught = |result: Result<(), Violation>| {
+            let violation = result.expect_err("caught");
+            assert_eq!(violation.invariant, Invariant::SnapshotConsistent);
+            violation.message
+        };
+        let message = caught(invariants.snapshot(&id, "installed", &meta(last, 1), &shorter));
+        assert!(message.contains("another application state"), "{message}");
+        invariants
+            .snapshot(&id, "took", &meta(last - 1, 1), &shorter)
+            .unwrap();
+        caught(invariants.snapshot(&id, "took", &meta(last, 2), &state));
+        caught(invariants.snapshot(&id, "took", &meta(last + 1, 1), &state));
+        let mut others = meta(last, 1);
+        others.members.pop();
+        caught(invariants.snapshot(&id, "took", &others, &state));
+    }
+
+    /// The first server to apply an entry is checked against the replay too: an outcome
+    /// that a correct state machine would not give is caught even with no other server to
+    /// compare with.
+    #[test]
+    fn first_outcome_is_checked_against_the_replay() {
+        let (mut invariants, _) = committed(3);
+        let entry = init(5, 1, "fresh");
+        let wrong = Some(Outcome::Rejected(crate::app::Rejection::Conflict(
+            "made up".to_string(),
+        )));
+        let violation = invariants
+            .applied(&"n1".to_string(), 1, &entry, &wrong)
+            .expect_err("caught");
+        assert_eq!(violation.invariant, Invariant::DeterministicApply);
+    }
 }

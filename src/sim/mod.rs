@@ -4,19 +4,19 @@
 //! real application [`State`](crate::app::State), inside one thread with one simulated
 //! clock and one random generator seeded from a single `u64`. Nothing here reads the wall
 //! clock, spawns a thread or iterates a `HashMap`, so a seed replays the same run, event for
-//! event. The simulation plays the part of the server driver (`src/server/driver.rs`) and
+//! event. The simulation plays the part of the server driver (`src/server/driver/`) and
 //! everything around it:
 //!
 //! | part | model | file |
 //! |---|---|---|
 //! | clock | one queue of timed events; each server ticks at its own slightly skewed rate | `clock.rs` |
-//! | disk | per server a durable log and hard state, and writes not yet synced; a sync makes them durable, then releases the messages that waited for them; a crash keeps the durable part and a random prefix of the rest | `storage.rs` |
-//! | driver | outputs carried out in order; committed entries applied to the application; proposals waiting for their index, answered as `driver.rs` does | `server.rs` |
-//! | network | seeded delays, drops, duplicates (hence reordering), partitions that heal | `network.rs` |
+//! | disk | per server a durable log (hard state, compacted base, entries) and snapshot file, and jobs not yet synced (writes, snapshot saves, compactions); a sync makes them durable in order, reports to the node, then releases the messages that waited for them; a crash keeps the durable part and a random prefix of the rest | `storage.rs` |
+//! | driver | outputs carried out in order; committed entries applied to the application; proposals waiting for their index, answered as the driver does; packets that arrive together handled in one round before the outputs are drained; a snapshot every few entries (drawn per run), sent to backups behind the compacted log and installed by them; restarts from snapshot and log | `server.rs`, `runner.rs` |
+//! | network | seeded delays, drops, duplicates (hence reordering), partitions that heal; snapshots travel whole, a little slower | `network.rs` |
 //! | nemesis | crashes and restarts, pauses (a frozen process), partitions, removal of a member (which joins again), per-run hostility | `faults.rs`, `nemesis.rs` |
 //! | clients | log in, then post numbered messages through whoever is primary, retrying the same `(client, seq, text)` after a timeout or a refusal | `clients.rs` |
 //! | loop | the event queue, the servers' reactions, the healing phase and the end | `runner.rs` |
-//! | checks | safety after every step; the client history at the end | `invariants.rs`, `history.rs` |
+//! | checks | safety after every step, snapshots against a replay of the committed entries; the client history at the end | `invariants.rs`, `history.rs` |
 //! | scenarios | hand-driven reproductions of what the sweeps found | `scenarios.rs` |
 //!
 //! A run has two phases. For `steps` events every fault is allowed. Then the network heals,
@@ -133,6 +133,10 @@ pub enum Invariant {
     DeterministicApply,
     /// The core asked for a write that would leave a gap in the log.
     ContiguousWrites,
+    /// A snapshot (taken, installed, or read back at a restart) holds the application state
+    /// of exactly the committed entries up to its index, with that index's term and the
+    /// configuration in force there; a disk never holds a log compacted beyond its snapshot.
+    SnapshotConsistent,
     /// The clients' view: acknowledged messages on every board once, at their index, in
     /// real-time order; nothing invented; the expected outcome for each request.
     ClientHistory,
@@ -217,6 +221,22 @@ pub struct Report {
     pub joined: bool,
     /// Whether appends also waited for the writes before them.
     pub strict_gating: bool,
+    /// Snapshots of their own state that servers took.
+    pub snapshots_taken: u64,
+    /// Own snapshots saved and the log compacted up to them (reported to the node).
+    pub compactions: u64,
+    /// Snapshots a primary sent to a backup behind its compacted log.
+    pub snapshots_sent: u64,
+    /// Received snapshots that the node took and the server installed.
+    pub snapshots_installed: u64,
+    /// Received snapshots that the node did not take (stale, or covered already).
+    pub snapshots_refused: u64,
+    /// Times a primary was to send a snapshot and had none saved yet.
+    pub snapshots_unavailable: u64,
+    /// Restarts that resumed from a snapshot file.
+    pub restored_from_snapshots: u64,
+    /// Rounds in which a server's driver handled more than one packet before draining.
+    pub batched_rounds: u64,
 }
 
 /// Runs one simulation. A panic of the core is caught and reported as [`Invariant::NodePanic`]

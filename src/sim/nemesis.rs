@@ -102,9 +102,9 @@ impl Sim {
             let at = self.now + self.rng.random_range(0..=self.plan.max_sync_delay);
             self.queue.schedule(at, Event::Sync { server, epoch });
         }
-        for envelope in held {
+        for packet in held {
             let at = self.now + self.rng.random_range(1..=TICK);
-            self.queue.schedule(at, Event::Deliver(envelope));
+            self.queue.schedule(at, Event::Deliver(packet));
         }
     }
 

@@ -5,12 +5,59 @@
 //! arrive when nobody expects them. A partition splits the servers into groups; it is
 //! checked when a message arrives, so what was in flight when the split happened is lost
 //! too, as with a cut cable.
+//!
+//! Snapshots travel on the same network: the real sender streams the saved file in chunks
+//! (`src/server/snapshots.rs`) and the receiver hands it to its driver only once it is whole
+//! and its checksum holds, so the model delivers it whole or not at all, a little later than
+//! a message for its size.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::clock::Time;
-use crate::replication::{Envelope, Message};
+use crate::replication::{Envelope, Message, NodeId, Term};
+use crate::storage::Snapshot;
+
+/// A primary's saved snapshot on its way to a backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotTransfer {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's term when it started sending.
+    pub term: Term,
+    /// The file as saved (`storage::Snapshot::encode`).
+    pub bytes: Vec<u8>,
+}
+
+impl SnapshotTransfer {
+    /// The extra time a transfer of this size takes over a message.
+    pub fn transfer_time(&self) -> Time {
+        self.bytes.len() as Time / 2048
+    }
+}
+
+/// What travels between servers.
+#[derive(Clone, Debug)]
+pub enum Packet {
+    Message(Envelope),
+    Snapshot(SnapshotTransfer),
+}
+
+impl Packet {
+    pub fn from(&self) -> &NodeId {
+        match self {
+            Packet::Message(envelope) => &envelope.from,
+            Packet::Snapshot(transfer) => &transfer.from,
+        }
+    }
+
+    pub fn to(&self) -> &NodeId {
+        match self {
+            Packet::Message(envelope) => &envelope.to,
+            Packet::Snapshot(transfer) => &transfer.to,
+        }
+    }
+}
 
 /// How hostile the network is in one run.
 #[derive(Clone, Debug)]
@@ -102,6 +149,26 @@ impl Network {
         self.heal();
         self.plan.drop = 0.0;
         self.plan.long = 0.0;
+    }
+}
+
+/// A packet as one trace line.
+pub fn describe_packet(packet: &Packet) -> String {
+    match packet {
+        Packet::Message(envelope) => describe(envelope),
+        Packet::Snapshot(transfer) => {
+            let covers = Snapshot::decode(&transfer.bytes, "a snapshot")
+                .map_or("undecodable".to_string(), |s| {
+                    format!("{}@{}", s.meta.index, s.meta.term)
+                });
+            format!(
+                "{}@{} -> {} Snapshot {covers} ({} bytes)",
+                transfer.from,
+                transfer.term,
+                transfer.to,
+                transfer.bytes.len()
+            )
+        }
     }
 }
 

@@ -14,9 +14,9 @@ use super::clock::{EventQueue, Time};
 use super::faults::{Plan, TICK};
 use super::history::History;
 use super::invariants::Invariants;
-use super::network::{Network, describe};
+use super::network::{Network, Packet, SnapshotTransfer, describe_packet};
 use super::server::{Effects, Server};
-use super::storage::Storage;
+use super::storage::{Persisted, Storage};
 use super::{Failure, Invariant, Report, SimConfig, Violation};
 use crate::replication::{Entry, Envelope, HardState, NodeId, Payload};
 
@@ -30,7 +30,7 @@ pub(super) enum Event {
         server: usize,
         epoch: u64,
     },
-    Deliver(Envelope),
+    Deliver(Packet),
     /// A server's disk syncs what was written.
     Sync {
         server: usize,
@@ -98,7 +98,14 @@ impl Sim {
                 };
                 let tick_every = rng.random_range(TICK - 1..=TICK + 1);
                 let storage = Storage::new(HardState::default(), log);
-                Server::new(id.clone(), storage, tick_every, plan.join && i == 0)
+                let bootstraps = plan.join && i == 0;
+                Server::new(
+                    id.clone(),
+                    storage,
+                    tick_every,
+                    bootstraps,
+                    Some(plan.snapshot_every),
+                )
             })
             .collect();
         let clients = (0..plan.clients)
@@ -189,7 +196,7 @@ impl Sim {
         self.step += 1;
         match event {
             Event::Tick { server, epoch } => self.tick(server, epoch)?,
-            Event::Deliver(envelope) => self.deliver(envelope)?,
+            Event::Deliver(packet) => self.deliver(packet)?,
             Event::Sync { server, epoch } => self.sync(server, epoch)?,
             Event::Client(client) => self.client_wake(client)?,
             Event::Nemesis => self.nemesis()?,
@@ -225,10 +232,24 @@ impl Sim {
     pub(super) fn start(&mut self, server: usize) -> Result<(), Violation> {
         let seed = self.rng.random::<u64>();
         let s = &mut self.servers[server];
-        let term = s.start(&self.plan.opts, seed);
+        let started = s
+            .start(&self.plan.opts, seed)
+            .map_err(|why| Violation::new(Invariant::SnapshotConsistent, why))?;
         let (id, epoch, tick_every) = (s.id.clone(), s.epoch, s.tick_every);
+        let term = started.term;
         self.invariants.restarted(server, &id, term)?;
-        self.trace(|| format!("{id} starts in term {term}"));
+        if let Some(meta) = &started.snapshot {
+            self.report.restored_from_snapshots += 1;
+            self.invariants
+                .snapshot(&id, "restored", meta, &self.servers[server].state)?;
+        }
+        self.trace(|| match &started.snapshot {
+            Some(meta) => format!(
+                "{id} starts in term {term} from its snapshot at {}@{}",
+                meta.index, meta.term
+            ),
+            None => format!("{id} starts in term {term}"),
+        });
         let at = self.now + self.rng.random_range(1..=tick_every);
         self.queue.schedule(at, Event::Tick { server, epoch });
         self.drain(server)
@@ -247,10 +268,49 @@ impl Sim {
         self.drain(server)
     }
 
-    fn deliver(&mut self, envelope: Envelope) -> Result<(), Violation> {
-        let (Some(&from), Some(&to)) = (self.ids.get(&envelope.from), self.ids.get(&envelope.to))
+    /// A packet arrives, with the others for the same server due within the plan's round
+    /// window: the driver handles every command queued while it was busy (messages and
+    /// snapshots alike) before it drains the node's outputs once.
+    fn deliver(&mut self, packet: Packet) -> Result<(), Violation> {
+        let Some(to) = self.arrive(&packet) else {
+            return Ok(());
+        };
+        let id = self.servers[to].id.clone();
+        let until = self.now + self.plan.round_window;
+        let mut round = vec![packet];
+        for event in self
+            .queue
+            .take_due(until, |e| matches!(e, Event::Deliver(p) if *p.to() == id))
+        {
+            if let Event::Deliver(packet) = event
+                && self.arrive(&packet).is_some()
+            {
+                round.push(packet);
+            }
+        }
+        if round.len() > 1 {
+            self.report.batched_rounds += 1;
+        }
+        for packet in round {
+            self.trace(|| format!("deliver {}", describe_packet(&packet)));
+            match packet {
+                Packet::Message(envelope) => {
+                    if let Some(node) = self.servers[to].node.as_mut() {
+                        node.step(envelope);
+                    }
+                }
+                Packet::Snapshot(transfer) => self.install(to, &transfer)?,
+            }
+        }
+        self.drain(to)
+    }
+
+    /// Whether a packet reaches its receiver now: the receiver's index if it is to be
+    /// handled. Otherwise it is lost, or kept for a paused receiver that holds messages.
+    fn arrive(&mut self, packet: &Packet) -> Option<usize> {
+        let (Some(&from), Some(&to)) = (self.ids.get(packet.from()), self.ids.get(packet.to()))
         else {
-            panic!("a message between unknown servers: {envelope:?}");
+            panic!("a message between unknown servers: {packet:?}");
         };
         let s = &mut self.servers[to];
         let lost = if !self.network.connected(from, to) {
@@ -258,8 +318,8 @@ impl Sim {
         } else if !s.is_up() {
             Some("receiver down")
         } else if s.paused && s.hold_messages {
-            s.held.push(envelope);
-            return Ok(());
+            s.held.push(packet.clone());
+            return None;
         } else if s.paused {
             Some("receiver paused")
         } else {
@@ -267,14 +327,32 @@ impl Sim {
         };
         if let Some(reason) = lost {
             self.report.dropped += 1;
-            self.trace(|| format!("lost ({reason}): {}", describe(&envelope)));
+            self.trace(|| format!("lost ({reason}): {}", describe_packet(packet)));
+            return None;
+        }
+        Some(to)
+    }
+
+    /// A whole snapshot reached a running server: its driver hands it to the node and, if
+    /// taken, saves it and replaces the application state, which must then be the state of
+    /// the committed entries up to the snapshot.
+    fn install(&mut self, server: usize, transfer: &SnapshotTransfer) -> Result<(), Violation> {
+        let s = &mut self.servers[server];
+        let installed = s
+            .install_snapshot(transfer)
+            .map_err(|why| Violation::new(Invariant::SnapshotConsistent, why))?;
+        let id = s.id.clone();
+        let Some(meta) = installed else {
+            self.report.snapshots_refused += 1;
+            self.trace(|| format!("{id} does not install the snapshot"));
             return Ok(());
-        }
-        self.trace(|| format!("deliver {}", describe(&envelope)));
-        if let Some(node) = self.servers[to].node.as_mut() {
-            node.step(envelope);
-        }
-        self.drain(to)
+        };
+        self.report.snapshots_installed += 1;
+        self.trace(|| format!("{id} installs the snapshot at {}@{}", meta.index, meta.term));
+        self.invariants
+            .snapshot(&id, "installed", &meta, &self.servers[server].state)?;
+        self.schedule_sync(server);
+        Ok(())
     }
 
     fn sync(&mut self, server: usize, epoch: u64) -> Result<(), Violation> {
@@ -285,11 +363,21 @@ impl Sim {
         s.sync_scheduled = false;
         let synced = s.storage.sync();
         let (id, term) = (s.id.clone(), s.storage.durable_term());
-        if let (Some((index, entry_term)), Some(node)) = (synced.persisted, s.node.as_mut()) {
-            node.persisted(index, entry_term);
+        if let Some(node) = s.node.as_mut() {
+            for report in &synced.reports {
+                match *report {
+                    Persisted::Log(index, entry_term) => node.persisted(index, entry_term),
+                    Persisted::Compacted(index) => node.compact(index),
+                }
+            }
         }
+        self.report.compactions += synced
+            .reports
+            .iter()
+            .filter(|r| matches!(r, Persisted::Compacted(_)))
+            .count() as u64;
         self.invariants.durable_term(server, &id, term)?;
-        self.trace(|| format!("{id} syncs: durable to {:?}", synced.persisted));
+        self.trace(|| format!("{id} syncs: {:?}", synced.reports));
         for envelope in synced.released {
             self.send(envelope)?;
         }
@@ -319,6 +407,11 @@ impl Sim {
         for (entry, outcome) in &effects.applied {
             self.invariants.applied(&s.id, term, entry, outcome)?;
         }
+        if let Some(meta) = &effects.snapshot_taken {
+            self.report.snapshots_taken += 1;
+            self.invariants.snapshot(&s.id, "took", meta, &s.state)?;
+        }
+        self.report.snapshots_unavailable += effects.no_snapshot_to_send;
         if verbose && !effects.applied.is_empty() {
             let id = s.id.clone();
             let list: Vec<String> = effects
@@ -331,12 +424,11 @@ impl Sim {
         for envelope in effects.sends {
             self.send(envelope)?;
         }
-        let s = &mut self.servers[server];
-        if effects.wrote && !s.sync_scheduled {
-            s.sync_scheduled = true;
-            let at = self.now + self.rng.random_range(0..=self.plan.max_sync_delay);
-            let epoch = s.epoch;
-            self.queue.schedule(at, Event::Sync { server, epoch });
+        for transfer in effects.snapshots {
+            self.send_snapshot(transfer);
+        }
+        if effects.wrote {
+            self.schedule_sync(server);
         }
         for (waiter, reply) in effects.replies {
             self.client_reply(waiter, reply)?;
@@ -344,19 +436,44 @@ impl Sim {
         Ok(())
     }
 
+    /// Makes the server's disk sync what was queued, soon, unless a sync is on its way.
+    fn schedule_sync(&mut self, server: usize) {
+        let s = &mut self.servers[server];
+        if !s.sync_scheduled {
+            s.sync_scheduled = true;
+            let at = self.now + self.rng.random_range(0..=self.plan.max_sync_delay);
+            let epoch = s.epoch;
+            self.queue.schedule(at, Event::Sync { server, epoch });
+        }
+    }
+
     /// Puts a message on the network.
     pub(super) fn send(&mut self, envelope: Envelope) -> Result<(), Violation> {
         self.invariants.sent(&envelope)?;
+        self.transmit(Packet::Message(envelope), 0);
+        Ok(())
+    }
+
+    /// Puts a snapshot on the network.
+    fn send_snapshot(&mut self, transfer: SnapshotTransfer) {
+        self.report.snapshots_sent += 1;
+        self.invariants.spoke(&transfer.from, transfer.term);
+        let extra = transfer.transfer_time();
+        self.transmit(Packet::Snapshot(transfer), extra);
+    }
+
+    /// Schedules the arrivals of a packet (none if lost, two if duplicated), `extra` later
+    /// than the network's delays.
+    fn transmit(&mut self, packet: Packet, extra: super::clock::Time) {
         let delays = self.network.delays(&mut self.rng);
         if delays.is_empty() {
             self.report.dropped += 1;
         }
-        self.trace(|| format!("send {} (delays {delays:?})", describe(&envelope)));
+        self.trace(|| format!("send {} (delays {delays:?})", describe_packet(&packet)));
         for delay in delays {
             self.queue
-                .schedule(self.now + delay, Event::Deliver(envelope.clone()));
+                .schedule(self.now + delay + extra, Event::Deliver(packet.clone()));
         }
-        Ok(())
     }
 
     // ---- The end -------------------------------------------------------------------------
@@ -403,6 +520,9 @@ impl Sim {
         self.history
             .check(&boards)
             .map_err(|m| Violation::new(Invariant::ClientHistory, m))?;
+        for s in &self.servers {
+            self.invariants.final_state(&s.id, s.applied, &s.state)?;
+        }
         if let Some(other) = self
             .servers
             .iter()

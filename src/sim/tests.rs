@@ -35,6 +35,15 @@ struct Totals {
     stale_examples: Vec<(u64, String)>,
     joined_runs: u64,
     strict_runs: u64,
+    snapshots_taken: u64,
+    compactions: u64,
+    snapshots_sent: u64,
+    snapshots_installed: u64,
+    snapshots_refused: u64,
+    snapshots_unavailable: u64,
+    restored_from_snapshots: u64,
+    /// Runs in which some server installed a snapshot.
+    runs_with_installs: u64,
     failures: Vec<Failure>,
 }
 
@@ -62,6 +71,14 @@ impl Totals {
                 self.stale_prechecks += r.stale_prechecks;
                 self.joined_runs += u64::from(r.joined);
                 self.strict_runs += u64::from(r.strict_gating);
+                self.snapshots_taken += r.snapshots_taken;
+                self.compactions += r.compactions;
+                self.snapshots_sent += r.snapshots_sent;
+                self.snapshots_installed += r.snapshots_installed;
+                self.snapshots_refused += r.snapshots_refused;
+                self.snapshots_unavailable += r.snapshots_unavailable;
+                self.restored_from_snapshots += r.restored_from_snapshots;
+                self.runs_with_installs += u64::from(r.snapshots_installed > 0);
             }
             Err(failure) => self.failures.push(failure),
         }
@@ -72,7 +89,9 @@ impl Totals {
         let mut out = format!(
             "{} runs, {} failed: {} steps (longest healing {}), {} committed, {} acknowledged, \
              {} elections, {} crashes, {} pauses, {} partitions, {} removals, {} dropped, \
-             {} client timeouts, {} stale pre-checks, {} joining runs, {} strict-gating runs",
+             {} client timeouts, {} stale pre-checks, {} joining runs, {} strict-gating runs; \
+             snapshots: {} taken, {} compactions, {} sent, {} installed ({} runs), {} refused, \
+             {} unavailable to send, {} restarts from a snapshot",
             self.runs,
             self.failures.len(),
             self.steps,
@@ -88,7 +107,15 @@ impl Totals {
             self.timeouts,
             self.stale_prechecks,
             self.joined_runs,
-            self.strict_runs
+            self.strict_runs,
+            self.snapshots_taken,
+            self.compactions,
+            self.snapshots_sent,
+            self.snapshots_installed,
+            self.runs_with_installs,
+            self.snapshots_refused,
+            self.snapshots_unavailable,
+            self.restored_from_snapshots
         );
         for (seed, example) in &self.stale_examples {
             out.push_str(&format!("\n  stale pre-check, seed {seed}: {example}"));
@@ -113,6 +140,14 @@ impl Totals {
         self.stale_examples.extend(other.stale_examples);
         self.joined_runs += other.joined_runs;
         self.strict_runs += other.strict_runs;
+        self.snapshots_taken += other.snapshots_taken;
+        self.compactions += other.compactions;
+        self.snapshots_sent += other.snapshots_sent;
+        self.snapshots_installed += other.snapshots_installed;
+        self.snapshots_refused += other.snapshots_refused;
+        self.snapshots_unavailable += other.snapshots_unavailable;
+        self.restored_from_snapshots += other.restored_from_snapshots;
+        self.runs_with_installs += other.runs_with_installs;
         self.failures.extend(other.failures);
     }
 }
@@ -162,10 +197,11 @@ fn assert_no_failures(totals: &Totals) {
 
 /// Every safety invariant of `invariants.rs` (one primary per term, one vote per server and
 /// term, committed entries never change, applies in order and deterministic, new primaries
-/// hold every committed entry, terms never decrease) holds after every step, and the client
-/// history of `history.rs` holds at the end, over 1,000 seeds of 2,000 faulty steps on 3 and
-/// 5 servers with crashes, torn unsynced writes, pauses, partitions, drops, duplicates and
-/// reordering.
+/// hold every committed entry, terms never decrease, snapshots hold the committed state)
+/// holds after every step, and the client history of `history.rs` holds at the end, over
+/// 1,000 seeds of 5,000 faulty steps on 3 and 5 servers with crashes, torn unsynced writes,
+/// pauses, partitions, drops, duplicates, reordering, and snapshots every few entries that
+/// compact the logs, travel to backups behind them and are restarted from.
 #[test]
 fn many_seeds_no_violation() {
     let configs = (0..MANY_SEEDS)
@@ -183,6 +219,15 @@ fn many_seeds_no_violation() {
     assert!(totals.dropped > 0 && totals.timeouts > 0);
     assert!(totals.joined_runs > 0 && totals.joined_runs < totals.runs);
     assert!(totals.strict_runs > 0 && totals.strict_runs < totals.runs);
+    assert!(
+        totals.compactions > MANY_SEEDS,
+        "logs were seldom compacted"
+    );
+    assert!(
+        totals.runs_with_installs > MANY_SEEDS / 10,
+        "backups seldom needed a snapshot"
+    );
+    assert!(totals.restored_from_snapshots > MANY_SEEDS);
 }
 
 /// Hunts for a violation of a planted bug over the seeds; returns the first failure.

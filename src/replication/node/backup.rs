@@ -36,6 +36,10 @@ impl Node {
             "installing a snapshot from the primary"
         );
         self.log.install(meta.clone());
+        // Entries committed earlier in this round and not yet drained are covered by the
+        // snapshot, which replaces the state they would be applied to.
+        self.outputs
+            .retain(|output| !matches!(output, Output::Apply(_)));
         self.commit = meta.index;
         self.applied = meta.index;
         self.persisted = self.persisted.min(self.log.last_index()).max(meta.index);
