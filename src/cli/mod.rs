@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod bench;
 pub mod client;
+mod client_output;
 pub mod demo;
 mod local_cluster;
+mod password;
 mod secret;
 pub mod server;
