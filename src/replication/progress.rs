@@ -24,6 +24,8 @@ pub struct Progress {
     pub recently_active: bool,
     /// A snapshot up to this index is on its way; no appends until the backup answers.
     snapshot: Option<Index>,
+    /// The primary's tick at which the backup last answered (see `Node::has_fresh_quorum`).
+    pub last_heard: u64,
 }
 
 impl Progress {
@@ -37,6 +39,7 @@ impl Progress {
             stalled_ticks: 0,
             recently_active: true,
             snapshot: None,
+            last_heard: 0,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::api::{
     LogoutRequest, RegisterRequest, RegisterResponse, validate_message, validate_password,
     validate_port, validate_seq, validate_username,
 };
-use crate::app::{Command, Outcome, Rejection, Request};
+use crate::app::{Command, Outcome, Request};
 use crate::error::{Error, Result};
 
 /// `POST /client/init`: registers the client's notification address.
@@ -58,7 +58,7 @@ pub async fn register(
         .query(move |view| {
             view.ensure_primary()?;
             if view.state.username_taken(&username) {
-                return Err(Error::Conflict(format!("username {username} is taken")));
+                return Err(view.refuse(Error::Conflict(format!("username {username} is taken"))));
             }
             Ok(())
         })
@@ -92,9 +92,14 @@ pub async fn auth(
         .query(move |view| {
             view.ensure_primary()?;
             if !view.state.client_exists(&client_id) {
-                return Err(Error::NotFound(format!("no client {client_id}")));
+                return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
             }
-            Ok(view.state.password_hash(&username).map(str::to_string))
+            let stored = view.state.password_hash(&username).map(str::to_string);
+            if stored.is_none() && !view.node.has_fresh_quorum() {
+                // An unknown user means a wrong password only if the state is fresh.
+                return Err(Error::NoPrimary);
+            }
+            Ok(stored)
         })
         .await
         .and_then(|stored| stored)
@@ -141,7 +146,7 @@ pub async fn demo_message(
             view.ensure_primary()?;
             view.state
                 .check_message(&client_id, &hash, seq, &text)
-                .map_err(Rejection::into_error)
+                .map_err(|rejection| view.refuse(rejection.into_error()))
         })
         .await??;
     if let Some(index) = retry {
@@ -173,12 +178,12 @@ pub async fn logout(
         .query(move |view| {
             view.ensure_primary()?;
             if !view.state.client_exists(&client_id) {
-                return Err(Error::NotFound(format!("no client {client_id}")));
+                return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
             }
             if !view.state.session_valid(&client_id, &hash) {
-                return Err(Error::Unauthorized(
+                return Err(view.refuse(Error::Unauthorized(
                     "not logged in with this token".to_string(),
-                ));
+                )));
             }
             Ok(())
         })

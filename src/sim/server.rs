@@ -224,18 +224,20 @@ impl Server {
         if !init && !self.primary_ready {
             return Submitted::Refused(Error::NoPrimary);
         }
+        // As `View::refuse`: the state may refuse only while a majority was heard recently.
+        let fresh = node.has_fresh_quorum();
+        let refuse =
+            |refusal: Error| Submitted::Refused(if fresh { refusal } else { Error::NoPrimary });
         match &request.command {
             Command::Register { username, .. } if self.state.username_taken(username) => {
-                return Submitted::Refused(Error::Conflict(format!(
-                    "username {username} is taken"
-                )));
+                return refuse(Error::Conflict(format!("username {username} is taken")));
             }
             Command::Login { client_id, .. } if !self.state.client_exists(client_id) => {
-                return Submitted::Refused(Error::NotFound(format!("no client {client_id}")));
+                return refuse(Error::NotFound(format!("no client {client_id}")));
             }
             // `auth` verifies the password against the stored hash; no hash, no login.
             Command::Login { username, .. } if self.state.password_hash(username).is_none() => {
-                return Submitted::Refused(Error::Unauthorized(
+                return refuse(Error::Unauthorized(
                     "wrong username or password".to_string(),
                 ));
             }
@@ -247,7 +249,7 @@ impl Server {
             } => match self.state.check_message(client_id, token_hash, *seq, text) {
                 Ok(Some(index)) => return Submitted::Answered(Outcome::Posted { index }),
                 Ok(None) => {}
-                Err(rejection) => return Submitted::Refused(rejection.into_error()),
+                Err(rejection) => return refuse(rejection.into_error()),
             },
             _ => {}
         }

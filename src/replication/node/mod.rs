@@ -171,6 +171,8 @@ pub struct Node {
     /// The current randomized election timeout, in ticks.
     election_timeout: u32,
     outputs: Vec<Output>,
+    /// Ticks since the node started: its logical clock.
+    ticks: u64,
     reported: (RoleKind, Term, Option<NodeId>),
 }
 
@@ -215,6 +217,7 @@ impl Node {
             rng: ChaCha8Rng::seed_from_u64(seed),
             election_timeout: 0,
             outputs: Vec::new(),
+            ticks: 0,
             reported: (RoleKind::Backup, 0, None),
         };
         node.reset_election_timeout();
@@ -415,6 +418,7 @@ impl Node {
 
     /// One tick of the logical clock.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match &mut self.role {
             Role::Backup(backup) => {
                 backup.idle_ticks += 1;

@@ -17,6 +17,7 @@ impl Node {
         let Some(progress) = primary.progress.get_mut(&from) else {
             return;
         };
+        progress.last_heard = self.ticks;
         if match_index > last_index {
             warn!(from = %from, match_index, "backup claims entries we never sent; ignored");
             return;
@@ -33,6 +34,7 @@ impl Node {
             return;
         };
         if let Some(progress) = primary.progress.get_mut(&from) {
+            progress.last_heard = self.ticks;
             debug!(from = %from, prev_index, hint, "append rejected; probing back");
             progress.rejected(prev_index, hint.min(last_index));
         }
@@ -188,5 +190,29 @@ impl Node {
             progress.recently_active = false;
         }
         active >= quorum(members.len())
+    }
+
+    /// Whether a majority (this primary included) answered within the last half election
+    /// timeout. A server that answered then will not help elect anyone else for at least
+    /// another half timeout (it ignores elections while it hears from a primary), so while
+    /// this holds no other primary can exist, and the applied state can be trusted to refuse
+    /// a request (say, 404 for an unknown client) rather than only to accept one.
+    pub fn has_fresh_quorum(&self) -> bool {
+        let Role::Primary(primary) = &self.role else {
+            return false;
+        };
+        let lease = u64::from((self.opts.election_ticks / 2).max(1));
+        let members = self.members();
+        let fresh = members
+            .iter()
+            .filter(|member| {
+                *member == &self.id
+                    || primary
+                        .progress
+                        .get(*member)
+                        .is_some_and(|p| p.last_heard + lease >= self.ticks)
+            })
+            .count();
+        fresh >= quorum(members.len())
     }
 }

@@ -82,6 +82,17 @@ impl View<'_> {
         }
         Ok(())
     }
+
+    /// `refusal` if this primary may trust its state to refuse (it heard from a majority
+    /// within half an election timeout), else "no primary, retry": a primary deposed without
+    /// knowing it must not turn a client away on the strength of a state that moved on.
+    pub fn refuse(&self, refusal: Error) -> Error {
+        if self.node.has_fresh_quorum() {
+            refusal
+        } else {
+            Error::NoPrimary
+        }
+    }
 }
 
 /// The handlers' side of the driver. Cheap to clone.
@@ -170,6 +181,8 @@ fn shutting_down() -> Error {
 /// Most commands handled before the node's outputs are drained: proposals that arrive
 /// together travel to the backups and to disk together.
 const MAX_COMMANDS_PER_ROUND: usize = 1024;
+/// Most ticks given at once after a stall: enough to expire every timeout.
+const MAX_CATCH_UP_TICKS: u128 = 1000;
 /// Capacity of the command queue; a full queue makes handlers wait (backpressure).
 pub const COMMAND_QUEUE: usize = 8192;
 
@@ -253,12 +266,24 @@ impl Driver {
     ) -> Result<()> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The node's clock follows real time: after a stall (a paused process, an overloaded
+        // machine) the ticks it missed are given at once, so its timeouts and the freshness
+        // of what it heard are measured in real time, not in ticks that happened to run.
+        let mut clock = tokio::time::Instant::now();
         // Outputs from startup (e.g. a bootstrap's first configuration and election).
         self.process_outputs()?;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => self.node.tick(),
+                now = ticker.tick() => {
+                    let due = (now.saturating_duration_since(clock).as_micros()
+                        / tick.as_micros().max(1))
+                    .clamp(1, MAX_CATCH_UP_TICKS);
+                    for _ in 0..due {
+                        self.node.tick();
+                    }
+                    clock = now;
+                }
                 Some(command) = commands.recv() => {
                     self.handle(command);
                     for _ in 1..MAX_COMMANDS_PER_ROUND {
