@@ -144,14 +144,15 @@ async fn failover(args: FailoverArgs) -> Result<()> {
     let client = Arc::new(logged_in_client(cluster.addrs(), "writer").await?);
 
     // The writer: acknowledged writes with their time, until the bench ends (bounded).
-    let (acks_tx, mut acks) = mpsc::unbounded_channel::<Instant>();
+    // Each acknowledged write with its time and the primary that acknowledged it.
+    let (acks_tx, mut acks) = mpsc::unbounded_channel::<(Instant, Option<String>)>();
     let writer = {
         let client = client.clone();
         tokio::spawn(async move {
             for n in 0..10_000_000u64 {
                 match client.send(&format!("write {n}")).await {
                     Ok(_) => {
-                        if acks_tx.send(Instant::now()).is_err() {
+                        if acks_tx.send((Instant::now(), client.primary())).is_err() {
                             return;
                         }
                     }
@@ -223,11 +224,12 @@ async fn failover(args: FailoverArgs) -> Result<()> {
             .map(|s| s.id.clone())
             .unwrap_or_default();
         let first_write = loop {
-            let at = tokio::time::timeout(WAIT_LIMIT, acks.recv())
+            let (at, by) = tokio::time::timeout(WAIT_LIMIT, acks.recv())
                 .await
                 .map_err(|_| anyhow!("no write acknowledged after the kill"))?
                 .ok_or_else(|| anyhow!("the writer stopped"))?;
-            if at > killed {
+            // A write the old primary acknowledged just before the kill does not count.
+            if at > killed && by.as_deref() != Some(old.as_str()) {
                 break at - killed;
             }
         };
@@ -277,7 +279,10 @@ async fn failover(args: FailoverArgs) -> Result<()> {
 }
 
 /// Waits for `count` more acknowledged writes.
-async fn wait_acks(acks: &mut mpsc::UnboundedReceiver<Instant>, count: usize) -> Result<()> {
+async fn wait_acks(
+    acks: &mut mpsc::UnboundedReceiver<(Instant, Option<String>)>,
+    count: usize,
+) -> Result<()> {
     for _ in 0..count {
         tokio::time::timeout(WAIT_LIMIT, acks.recv())
             .await
