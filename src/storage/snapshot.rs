@@ -60,38 +60,17 @@ impl Snapshot {
             return Err(corrupt("not a snapshot"));
         }
         let mut reader = Reader { bytes: &body[4..] };
-        let version = u32::from_le_bytes(
-            reader
-                .take(4)
-                .ok_or_else(|| corrupt("short"))?
-                .try_into()
-                .map_err(|_| corrupt("short"))?,
-        );
+        let short = || corrupt("cut short");
+        let version = reader.u32().ok_or_else(short)?;
         if version != VERSION {
             return Err(corrupt(&format!("unknown snapshot version {version}")));
         }
-        let meta_len = u32::from_le_bytes(
-            reader
-                .take(4)
-                .ok_or_else(|| corrupt("short"))?
-                .try_into()
-                .map_err(|_| corrupt("short"))?,
-        ) as usize;
-        let meta: SnapshotMeta =
-            postcard::from_bytes(reader.take(meta_len).ok_or_else(|| corrupt("short meta"))?)
-                .map_err(|err| corrupt(&format!("undecodable meta: {err}")))?;
-        let state_len = u64::from_le_bytes(
-            reader
-                .take(8)
-                .ok_or_else(|| corrupt("short"))?
-                .try_into()
-                .map_err(|_| corrupt("short"))?,
-        );
-        let state_len = usize::try_from(state_len).map_err(|_| corrupt("state too large"))?;
-        let state = reader
-            .take(state_len)
-            .ok_or_else(|| corrupt("short state"))?
-            .to_vec();
+        let meta_len = reader.u32().ok_or_else(short)? as usize;
+        let meta: SnapshotMeta = postcard::from_bytes(reader.take(meta_len).ok_or_else(short)?)
+            .map_err(|err| corrupt(&format!("undecodable meta: {err}")))?;
+        let state_len = usize::try_from(reader.u64().ok_or_else(short)?)
+            .map_err(|_| corrupt("state too large"))?;
+        let state = reader.take(state_len).ok_or_else(short)?.to_vec();
         if !reader.bytes.is_empty() {
             return Err(corrupt("trailing bytes"));
         }
@@ -104,6 +83,14 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.bytes.len() < n {
             return None;
