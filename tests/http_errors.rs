@@ -87,11 +87,9 @@ async fn malformed_missing_and_wrong_typed_bodies_are_bad_requests() {
         assert_error(&reply, 400, "bad_request", &format!("{path} with {body}"));
     }
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "a bad request changes no state"
-    );
+    server
+        .assert_unchanged(&before, "a bad request changes no state")
+        .await;
     server.stop().await;
 }
 
@@ -172,11 +170,9 @@ async fn fields_out_of_bounds_are_bad_requests() {
         assert_error(&reply, 400, "bad_request", &format!("/messages?{query}"));
     }
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "a bad request changes no state"
-    );
+    server
+        .assert_unchanged(&before, "a bad request changes no state")
+        .await;
     server.stop().await;
 }
 
@@ -227,11 +223,9 @@ async fn missing_or_wrong_credentials_are_unauthorized() {
     let reply = server.auth(&client_id, "nobody", PASSWORD).await;
     assert_error(&reply, 401, "unauthorized", "auth as an unknown user");
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "refused credentials change nothing"
-    );
+    server
+        .assert_unchanged(&before, "refused credentials change nothing")
+        .await;
     // The session survived all of it.
     assert_eq!(server.send(&client_id, &token, 2, "second").await, 2);
     server.stop().await;
@@ -341,11 +335,9 @@ async fn conflicts_are_refused_and_change_nothing() {
         "the last seq with a different text",
     );
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "a conflict changes nothing"
-    );
+    server
+        .assert_unchanged(&before, "a conflict changes nothing")
+        .await;
     // The original password still works: the second registration did not overwrite it.
     server.login(&client_id, "alice", PASSWORD).await;
     server.stop().await;
@@ -417,11 +409,9 @@ async fn bodies_over_64_kib_are_payload_too_large() {
     );
     assert!(answer.contains("\"payload_too_large\""), "{answer:?}");
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "an oversized body changes nothing"
-    );
+    server
+        .assert_unchanged(&before, "an oversized body changes nothing")
+        .await;
     server.stop().await;
 }
 
@@ -473,11 +463,9 @@ async fn repeated_failed_logins_are_slowed_down() {
         "Retry-After {retry_after} s"
     );
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "refused logins change nothing"
-    );
+    server
+        .assert_unchanged(&before, "refused logins change nothing")
+        .await;
     // Another username is not affected.
     server.login(&client_id, "bob", PASSWORD).await;
     server.stop().await;
@@ -518,11 +506,9 @@ async fn concurrent_failed_logins_are_slowed_down_too() {
         "{failed} of {ATTEMPTS} concurrent wrong passwords were checked; at most 10 may be"
     );
 
-    assert_eq!(
-        server.snapshot().await,
-        before,
-        "refused logins change nothing"
-    );
+    server
+        .assert_unchanged(&before, "refused logins change nothing")
+        .await;
     server.stop().await;
 }
 

@@ -156,6 +156,20 @@ impl Log {
         self.config_at(self.last_index())
     }
 
+    /// The latest configuration's members, borrowed (the hot path asks on every
+    /// acknowledgement; `config` clones).
+    pub fn members(&self) -> &[NodeId] {
+        match self
+            .config_indexes
+            .last()
+            .and_then(|&i| self.get(i))
+            .map(|entry| &entry.payload)
+        {
+            Some(Payload::Config(members)) => members,
+            _ => &self.base.members,
+        }
+    }
+
     /// The configuration in force at `index`: the latest one at or before it.
     pub fn config_at(&self, index: Index) -> (Index, Vec<NodeId>) {
         self.config_indexes

@@ -313,6 +313,11 @@ impl Server {
     }
 
     /// Everything observable: `/status`, `/clients`, `/messages?limit=1000`.
+    /// Asserts that nothing observable changed since `before` (see [`snapshot`](Self::snapshot)).
+    pub async fn assert_unchanged(&self, before: &Snapshot, why: &str) {
+        assert_eq!(&self.snapshot().await, before, "{why}");
+    }
+
     pub async fn snapshot(&self) -> Snapshot {
         let clients = self.get("/clients").await;
         assert_eq!(clients.status, 200, "GET /clients: {:?}", clients.json);

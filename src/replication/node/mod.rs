@@ -267,7 +267,7 @@ impl Node {
     pub fn is_removed(&self, id: &NodeId) -> bool {
         match &self.role {
             Role::Primary(primary) => {
-                !self.members().contains(id) && !primary.learners.contains(id)
+                !self.log.members().contains(id) && !primary.learners.contains(id)
             }
             _ => false,
         }
@@ -586,7 +586,7 @@ impl Node {
     // ---- Helpers -------------------------------------------------------------------------
 
     fn is_voter(&self) -> bool {
-        self.members().contains(&self.id)
+        self.log.members().contains(&self.id)
     }
 
     /// Whether a primary was heard from within the minimum election timeout.

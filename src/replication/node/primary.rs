@@ -118,7 +118,7 @@ impl Node {
         let Role::Primary(primary) = &self.role else {
             return;
         };
-        let members = self.log.config().1;
+        let members = self.log.members();
         let mut matched: Vec<Index> = members
             .iter()
             .map(|member| {
@@ -150,10 +150,13 @@ impl Node {
     /// configuration change is in flight and this term's first entry is committed (both
     /// needed for single-server changes to keep majorities overlapping).
     pub(super) fn maybe_promote_learner(&mut self) {
-        let (config_index, mut members) = self.log.config();
         let Role::Primary(primary) = &mut self.role else {
             return;
         };
+        if primary.learners.is_empty() {
+            return;
+        }
+        let (config_index, mut members) = self.log.config();
         if config_index > self.commit || primary.term_start > self.commit {
             return;
         }
@@ -175,21 +178,15 @@ impl Node {
             .push(Output::Write(Write::Entries(vec![entry])));
     }
 
+    /// Check-quorum: whether a majority answered since the last check; starts the next.
     pub(super) fn has_active_quorum(&mut self) -> bool {
-        let members = self.log.config().1;
-        let Role::Primary(primary) = &mut self.role else {
-            return false;
-        };
-        let active = members
-            .iter()
-            .filter(|m| {
-                *m == &self.id || primary.progress.get(*m).is_some_and(|p| p.recently_active)
-            })
-            .count();
-        for progress in primary.progress.values_mut() {
-            progress.recently_active = false;
+        let active = self.majority_where(|p| p.recently_active);
+        if let Role::Primary(primary) = &mut self.role {
+            for progress in primary.progress.values_mut() {
+                progress.recently_active = false;
+            }
         }
-        active >= quorum(members.len())
+        active
     }
 
     /// Whether a majority (this primary included) answered within the last half election
@@ -198,21 +195,23 @@ impl Node {
     /// this holds no other primary can exist, and the applied state can be trusted to refuse
     /// a request (say, 404 for an unknown client) rather than only to accept one.
     pub fn has_fresh_quorum(&self) -> bool {
+        let lease = u64::from((self.opts.election_ticks / 2).max(1));
+        self.majority_where(|p| p.last_heard + lease >= self.ticks)
+    }
+
+    /// Whether this primary and the backups whose progress satisfies `holds` make a majority
+    /// of the members (false on any other role).
+    fn majority_where(&self, holds: impl Fn(&Progress) -> bool) -> bool {
         let Role::Primary(primary) = &self.role else {
             return false;
         };
-        let lease = u64::from((self.opts.election_ticks / 2).max(1));
-        let members = self.members();
-        let fresh = members
+        let members = self.log.members();
+        let count = members
             .iter()
             .filter(|member| {
-                *member == &self.id
-                    || primary
-                        .progress
-                        .get(*member)
-                        .is_some_and(|p| p.last_heard + lease >= self.ticks)
+                *member == &self.id || primary.progress.get(*member).is_some_and(&holds)
             })
             .count();
-        fresh >= quorum(members.len())
+        count >= quorum(members.len())
     }
 }
