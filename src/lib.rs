@@ -1,19 +1,23 @@
 //! understudy: a primary-backup (passive replication) service.
 //!
-//! Three layers, one folder each:
+//! Layers, one folder each, with the dependencies pointing down:
 //!
+//! - the drivers: [`server`] (HTTP, peers, timers, the storage worker), [`client`] (library
+//!   and notification listener), and the binary's subcommands;
+//! - [`storage`]: the durable log, the embedded store of application state, state transfer;
+//! - [`replica`]: everything around the protocol that is not I/O (checks, gating, applying,
+//!   flushing, compaction, restore), run by the server and by the simulation alike;
 //! - [`replication`]: the replication protocol as a deterministic state machine (terms, log,
 //!   votes, commit). No I/O: messages, proposals and clock ticks go in; messages to send,
-//!   entries to persist and entries to apply come out.
+//!   entries to persist and entries to apply come out;
 //! - [`app`]: the replicated application (clients, users, sessions, the message board), a
-//!   pure `apply(command) -> outcome`.
-//! - the drivers around them: [`storage`] (the durable log), [`server`] (HTTP, peers,
-//!   timers), [`client`] (library and notification listener).
+//!   pure `apply(tables, request) -> outcome`.
 
 pub mod api;
 pub mod app;
 pub mod client;
 pub mod error;
+pub mod replica;
 pub mod replication;
 pub mod server;
 #[cfg(test)]

@@ -32,9 +32,10 @@ pub struct ServerArgs {
     /// is random between this and twice this).
     #[arg(long, default_value_t = server::DEFAULT_ELECTION_TIMEOUT_MS)]
     election_timeout_ms: u64,
-    /// Take a snapshot of the applied state, and compact the log, every this many entries.
-    #[arg(long, default_value_t = server::DEFAULT_SNAPSHOT_EVERY)]
-    snapshot_every: u64,
+    /// Compact the log once the store durably holds this many entries beyond the last
+    /// compaction (the store is flushed every few thousand entries or 200 ms).
+    #[arg(long, alias = "snapshot-every", default_value_t = server::DEFAULT_COMPACT_EVERY)]
+    compact_every: u64,
     /// `always`: every acknowledged write is on disk (fsync). `never`: only handed to the
     /// operating system, which loses it if the machine fails; for measurements only.
     #[arg(long, value_enum, default_value_t = Fsync::Always)]
@@ -63,7 +64,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         election_timeout: Duration::from_millis(args.election_timeout_ms),
         fsync: args.fsync == Fsync::Always,
-        snapshot_every: args.snapshot_every.max(1),
+        compact_every: args.compact_every.max(1),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -10,6 +10,23 @@
 use super::message::{Entry, Index, NodeId, Payload, Term};
 use super::persist::SnapshotMeta;
 
+/// The one rule for what of a log survives a snapshot at `meta` (Raft §7): `entries` follow
+/// `base_index` without a gap (`base_index <= meta.index`). If they hold `meta.index` with
+/// `meta.term`, the entries after it agree with whoever took the snapshot and stay; otherwise
+/// every entry goes. The entries up to `meta.index` go either way.
+pub fn retain_after(base_index: Index, entries: &mut Vec<Entry>, meta: &SnapshotMeta) {
+    if meta.index == base_index {
+        return;
+    }
+    let position = meta.index.checked_sub(base_index + 1).map(|i| i as usize);
+    match position.and_then(|i| entries.get(i).map(|e| (i, e.term))) {
+        Some((i, term)) if term == meta.term => {
+            entries.drain(..=i);
+        }
+        _ => entries.clear(),
+    }
+}
+
 /// The in-memory log. `entries[i].index == base.index + i + 1` always holds.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
@@ -212,14 +229,18 @@ impl Log {
     /// with the snapshot's index and term is held, the entries after it stay (they agree
     /// with the primary); otherwise the whole log goes.
     pub fn install(&mut self, meta: SnapshotMeta) {
-        if self.term_at(meta.index) == Some(meta.term) && meta.index >= self.base.index {
-            self.compact(meta.index);
-            self.base = meta;
-        } else {
+        if meta.index < self.base.index {
             self.entries.clear();
-            self.config_indexes.clear();
-            self.base = meta;
+        } else {
+            retain_after(self.base.index, &mut self.entries, &meta);
         }
+        self.config_indexes = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.payload, Payload::Config(_)))
+            .map(|e| e.index)
+            .collect();
+        self.base = meta;
     }
 
     /// The first index whose entry has the same term as the entry at `index`: used to skip a

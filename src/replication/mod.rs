@@ -66,6 +66,7 @@ mod node;
 mod persist;
 pub mod progress;
 
+pub use log::retain_after;
 pub use message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
 #[cfg(test)]
 pub use node::PlantedBug;

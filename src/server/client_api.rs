@@ -1,10 +1,12 @@
 //! The client endpoints: `client/init`, `register`, `auth`, `demo-message`, `logout`.
 //!
 //! Each handler checks its input, does the primary's own work (hashing, token making,
-//! password checking) *before* proposing, and proposes a command that carries only results:
-//! backups never see a password or a token. Cheap checks against the applied state come
-//! first so that a bad request changes nothing and costs no log entry; `apply` checks again
-//! deterministically, since the state may move between the check and the commit.
+//! password checking) *before* proposing, and submits a command that carries only results:
+//! backups never see a password or a token. The replica checks a submitted command against
+//! its applied state and proposes it in the same turn (`Replica::submit`), so a bad request
+//! changes nothing and costs no log entry; `apply` checks again deterministically, since the
+//! state may move between the check and the commit. Only where the primary must do slow
+//! work first (hashing a new password, verifying one) does a read come before.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -21,7 +23,7 @@ use crate::api::{
     LogoutRequest, RegisterRequest, RegisterResponse, validate_message, validate_password,
     validate_port, validate_seq, validate_username,
 };
-use crate::app::{Command, Outcome, Request};
+use crate::app::{Command, Outcome, Request, Tables};
 use crate::error::{Error, Result};
 
 /// `POST /client/init`: registers the client's notification address.
@@ -57,7 +59,7 @@ pub async fn register(
     app.driver
         .query(move |view| {
             view.ensure_primary()?;
-            if view.state.username_taken(&username) {
+            if view.tables.user(&username)?.is_some() {
                 return Err(view.refuse(Error::Conflict(format!("username {username} is taken"))));
             }
             Ok(())
@@ -91,10 +93,10 @@ pub async fn auth(
         .driver
         .query(move |view| {
             view.ensure_primary()?;
-            if !view.state.client_exists(&client_id) {
+            if view.tables.client(&client_id)?.is_none() {
                 return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
             }
-            let stored = view.state.password_hash(&username).map(str::to_string);
+            let stored = view.tables.user(&username)?;
             if stored.is_none() && !view.node.has_fresh_quorum() {
                 // An unknown user means a wrong password only if the state is fresh.
                 return Err(Error::NoPrimary);
@@ -134,25 +136,7 @@ pub async fn demo_message(
     let token_hash = token_hash(&bearer(&headers)?);
     validate_seq(body.seq)?;
     validate_message(&body.message)?;
-    let (client_id, hash, seq, text) = (
-        body.client_id.clone(),
-        token_hash.clone(),
-        body.seq,
-        body.message.clone(),
-    );
-    let retry = app
-        .driver
-        .query(move |view| {
-            view.ensure_primary()?;
-            view.state
-                .check_message(&client_id, &hash, seq, &text)
-                .map_err(|rejection| view.refuse(rejection.into_error()))
-        })
-        .await??;
-    if let Some(index) = retry {
-        // A retry of a message already applied: the same answer, nothing stored.
-        return Ok(Json(DemoMessageResponse { index }));
-    }
+    // Checked (a retry is answered with its index) and proposed in one turn of the driver.
     let command = Command::Message {
         client_id: body.client_id,
         token_hash,
@@ -173,21 +157,6 @@ pub async fn logout(
     JsonBody(body): JsonBody<LogoutRequest>,
 ) -> Result<Json<serde_json::Value>> {
     let token_hash = token_hash(&bearer(&headers)?);
-    let (client_id, hash) = (body.client_id.clone(), token_hash.clone());
-    app.driver
-        .query(move |view| {
-            view.ensure_primary()?;
-            if !view.state.client_exists(&client_id) {
-                return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
-            }
-            if !view.state.session_valid(&client_id, &hash) {
-                return Err(view.refuse(Error::Unauthorized(
-                    "not logged in with this token".to_string(),
-                )));
-            }
-            Ok(())
-        })
-        .await??;
     let command = Command::Logout {
         client_id: body.client_id,
         token_hash,
@@ -198,14 +167,14 @@ pub async fn logout(
     }
 }
 
-/// Proposes a command from the client at `peer` and waits for its outcome; a rejection by
-/// `apply` becomes the matching error.
+/// Submits a command from the client at `peer` (checked, then proposed) and waits for its
+/// outcome; a rejection by `apply` becomes the matching error.
 async fn propose(app: &AppState, peer: SocketAddr, command: Command) -> Result<Outcome> {
     let request = Request {
         origin: peer.to_string(),
         command,
     };
-    match app.driver.propose(request).await? {
+    match app.driver.submit(request).await? {
         Outcome::Rejected(rejection) => Err(rejection.into_error()),
         outcome => Ok(outcome),
     }

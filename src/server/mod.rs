@@ -1,14 +1,14 @@
 //! The server: the drivers around the replication core.
 //!
 //! ```text
-//!   HTTP (axum) ──commands──▶ driver task ──writes+gated sends──▶ storage worker ──▶ disk
-//!        ▲                     │  owns Node + app State                │ fsync, then
-//!        └──── answers ◀───────┘  ▲ ticks   ▲ persisted ◀──────────────┘ sends
-//!                                 │         │
-//!   peers (HTTP, one sender task per peer) ◀── appends
+//!   HTTP (axum) ──calls──▶ driver task ──jobs (log, flush, swap)──▶ storage worker ──▶ disk
+//!        ▲                  │  owns the Replica                            │
+//!        └── answers ◀──────┘  ▲ ticks   ▲ done (what is durable) ◀────────┘
+//!                              │
+//!   peers (HTTP, one sender task per peer) ◀── messages the replica released
 //! ```
 //!
-//! [`run`] binds the listener, recovers the log from the data dir, and serves until the
+//! [`run`] binds the listener, opens the data dir (format, log, store), and serves until the
 //! shutdown token is cancelled.
 
 pub(crate) mod auth;
@@ -23,7 +23,7 @@ mod peers;
 pub(crate) mod persist;
 mod read_api;
 mod response;
-pub(crate) mod snapshots;
+pub(crate) mod state_transfer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,17 +44,15 @@ pub use credentials::LoginLimiter;
 pub use peer_call::post_to_primary;
 
 use crate::api::MAX_BODY_BYTES;
-use crate::app::State;
 use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
-use crate::replication::{Entry, SnapshotMeta, Write};
-use crate::replication::{Node, NodeId, Options};
-use crate::storage::load_snapshot;
-use crate::storage::{LogStore, load_identity, save_identity};
-use driver::{Driver, DriverHandle, DriverIo, SnapshotSettings};
+use crate::replica::{Replica, Settings};
+use crate::replication::{NodeId, Options};
+use crate::storage::{LogStore, RedbStore, check_format, load_identity, save_identity};
+use driver::{Driver, DriverHandle, DriverIo};
 use notify::Notifier;
 use peers::Peers;
-use snapshots::Assemblies;
+use state_transfer::Receiver;
 
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
@@ -74,8 +72,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// The least time without a primary before a backup starts an election.
     pub election_timeout: Duration,
-    /// Take a snapshot and compact the log every this many applied entries.
-    pub snapshot_every: u64,
+    /// Compact the log once the store durably holds this many entries beyond the last
+    /// compaction.
+    pub compact_every: u64,
     /// Whether writes are fsynced before they are acknowledged. Without, an acknowledged
     /// write survives a crash of the server process but not of the machine: for measuring
     /// what fsync costs, not for keeping data.
@@ -84,8 +83,8 @@ pub struct Config {
 
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-/// Default number of applied entries between snapshots.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Default number of entries between log compactions.
+pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
 /// Default election timeout (lower bound; the actual one is random in `[T, 2T)`).
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 
@@ -95,8 +94,8 @@ pub struct AppState {
     pub id: NodeId,
     pub driver: DriverHandle,
     pub login_limiter: Arc<LoginLimiter>,
-    /// Snapshots being received from the primary.
-    pub snapshots: Assemblies,
+    /// The store being received from the primary.
+    pub transfers: Receiver,
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -118,7 +117,8 @@ pub async fn serve(
         .advertise
         .clone()
         .unwrap_or_else(|| local.to_string());
-    let (store, recovered) = LogStore::open(&config.data_dir)?;
+    check_format(&config.data_dir)?;
+    let (log, recovered) = LogStore::open(&config.data_dir)?;
     let id = match load_identity(&config.data_dir)? {
         Some(id) => {
             if id != advertise {
@@ -131,30 +131,37 @@ pub async fn serve(
             advertise
         }
     };
-
-    let base = recovered.base.index;
-    let (snapshot, state, entries) = restore(&config.data_dir, recovered.base, recovered.entries)?;
-    let mut store = store;
-    if snapshot.index > base {
-        // A snapshot received from the primary was saved, but the crash came before the log
-        // was compacted to it: compact now, so the log on disk continues where the snapshot
-        // ends (the next entry written would otherwise leave a gap, or follow a stale one).
-        store.write(&Write::Compact(snapshot.clone()))?;
-        store.sync()?;
-    }
-    let fresh = entries.is_empty() && snapshot.index == 0;
+    let store = RedbStore::open(&config.data_dir)?;
     let (tick, options) = timing(config.heartbeat, config.election_timeout);
-    let mut node = Node::restore(
+    // The store is flushed at least as often as the log is to be compacted: the log can be
+    // compacted only up to what the store holds.
+    let defaults = Settings::default();
+    let settings = Settings {
+        compact_every: config.compact_every,
+        flush_every_entries: defaults.flush_every_entries.min(config.compact_every),
+        ..defaults
+    };
+    let mut replica = Replica::restore(
         id.clone(),
+        store.clone(),
         recovered.hard_state,
-        snapshot,
-        entries,
+        recovered.base,
+        recovered.entries,
         options,
+        settings,
         rand::random(),
-    );
+    )
+    .map_err(|err| match err {
+        Error::Corrupt(why) => Error::Corrupt(format!("{}: {why}", config.data_dir.display())),
+        other => other,
+    })?;
+    let fresh = replica.is_fresh();
+    if replica.applied() > 0 {
+        info!(index = replica.applied(), "resuming from the store");
+    }
     if fresh && config.join.is_empty() {
         info!(%id, "starting a new cluster");
-        node.bootstrap();
+        replica.bootstrap();
     } else if !fresh && !config.join.is_empty() {
         info!("resuming from the data dir; --join is ignored");
     }
@@ -167,35 +174,25 @@ pub async fn serve(
         shutdown.clone(),
         removed_tx,
     );
-    let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
+    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
     if !config.fsync {
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
-    let storage = persist::spawn(
-        store,
-        config.data_dir.clone(),
-        config.fsync,
-        peers.clone(),
-        persisted_tx,
-    )?;
+    let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx)?;
     let io = DriverIo {
         peers,
         notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
         printer: driver::spawn_printer()?,
-        snapshots: SnapshotSettings {
-            dir: config.data_dir.clone(),
-            every: config.snapshot_every,
-            http: http.clone(),
-            secret: config.secret.clone(),
-        },
+        http: http.clone(),
+        secret: config.secret.clone(),
     };
-    let driver = Driver::new(node, state, storage, io);
-    let (handle, commands) = Driver::channel();
+    let driver = Driver::new(replica, store, storage, io);
+    let (handle, calls) = Driver::channel();
     let app = AppState {
         id: id.clone(),
         driver: handle,
         login_limiter: Arc::new(LoginLimiter::default()),
-        snapshots: Assemblies::default(),
+        transfers: Receiver::new(config.data_dir.clone()),
     };
 
     if fresh && !config.join.is_empty() {
@@ -219,7 +216,7 @@ pub async fn serve(
     info!(%id, listen = %local, "serving");
 
     let driven = driver
-        .run(commands, persisted_rx, removed_rx, tick, shutdown.clone())
+        .run(calls, worker_rx, removed_rx, tick, shutdown.clone())
         .await;
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -231,53 +228,6 @@ pub async fn serve(
     driven
 }
 
-/// The starting point from the data dir: the snapshot (if any) with the application state
-/// it holds, and the log entries after it. The snapshot file is saved before the log is
-/// compacted, so it is never older than the log's base; a log that disagrees with it at its
-/// index (a snapshot installed from the primary, then a crash before the log caught up) is
-/// dropped, as installing would have done.
-fn restore(
-    dir: &std::path::Path,
-    base: SnapshotMeta,
-    entries: Vec<Entry>,
-) -> Result<(SnapshotMeta, State, Vec<Entry>)> {
-    let Some(snapshot) = load_snapshot(dir)? else {
-        if base.index > 0 {
-            return Err(Error::Corrupt(format!(
-                "{}: the log is compacted up to {} but there is no snapshot",
-                dir.display(),
-                base.index
-            )));
-        }
-        return Ok((base, State::new(), entries));
-    };
-    let meta = snapshot.meta;
-    if meta.index < base.index {
-        return Err(Error::Corrupt(format!(
-            "{}: the snapshot (up to {}) is older than the log's start ({})",
-            dir.display(),
-            meta.index,
-            base.index
-        )));
-    }
-    let state: State = postcard::from_bytes(&snapshot.state)
-        .map_err(|err| Error::Corrupt(format!("{}: snapshot state: {err}", dir.display())))?;
-    let agrees = meta.index == base.index
-        || entries
-            .iter()
-            .any(|e| e.index == meta.index && e.term == meta.term);
-    let entries = if agrees {
-        entries
-            .into_iter()
-            .filter(|e| e.index > meta.index)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    info!(index = meta.index, "restored the snapshot");
-    Ok((meta, state, entries))
-}
-
 /// The routes of a server.
 pub fn router(app: AppState, secret: ClusterSecret) -> Router {
     let peer = Router::new()
@@ -285,7 +235,7 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .route("/replication/init-backup", post(peer_api::init_backup))
         .route("/replication/set-backups", post(peer_api::set_backups))
         .route("/replication/remove-server", post(peer_api::remove_server))
-        .route(snapshots::SNAPSHOT_PATH, post(peer_api::snapshot_chunk))
+        .route(state_transfer::STATE_PATH, post(peer_api::state_chunk))
         .layer(DefaultBodyLimit::max(auth::MAX_PEER_BODY_BYTES));
     Router::new()
         .route("/client/init", post(client_api::init))

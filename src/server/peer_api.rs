@@ -9,7 +9,7 @@ use axum::extract::State;
 
 use super::AppState;
 use super::response::JsonBody;
-use super::snapshots::Chunk;
+use super::state_transfer::StateChunk;
 use crate::api::{
     InitBackupRequest, InitBackupResponse, RemoveServerRequest, RemoveServerResponse,
     SetBackupsRequest,
@@ -82,18 +82,21 @@ pub async fn remove_server(
     Ok(Json(RemoveServerResponse { members }))
 }
 
-/// `POST /replication/snapshot`: one chunk of a snapshot from the primary (postcard). The
-/// last one hands the whole, checked snapshot to the driver.
-pub async fn snapshot_chunk(
+/// `POST /replication/state`: one chunk of the primary's store (postcard). It is checked and
+/// written beside our store; after the last one the whole store goes to the driver.
+pub async fn state_chunk(
     State(app): State<AppState>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>> {
-    let chunk: Chunk = postcard::from_bytes(&body)
-        .map_err(|err| Error::BadRequest(format!("undecodable snapshot chunk: {err}")))?;
-    let (from, term) = (chunk.from.clone(), chunk.term);
-    if let Some((bytes, snapshot)) = app.snapshots.add(chunk)? {
+    let chunk: StateChunk = postcard::from_bytes(&body)
+        .map_err(|err| Error::BadRequest(format!("undecodable state chunk: {err}")))?;
+    let receiver = app.transfers.clone();
+    let received = tokio::task::spawn_blocking(move || receiver.add(chunk))
+        .await
+        .map_err(|err| Error::Internal(format!("state chunk task: {err}")))??;
+    if let Some(received) = received {
         app.driver
-            .install_snapshot(from, term, bytes, snapshot)
+            .install(received.from, received.term, received.meta, received.path)
             .await?;
     }
     Ok(Json(serde_json::json!({})))

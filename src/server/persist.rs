@@ -1,13 +1,12 @@
-//! The storage worker: a dedicated thread that makes the core's writes durable and then
-//! releases the messages that depended on them.
+//! The storage worker: a dedicated thread that carries out the replica's jobs in order and
+//! reports what became durable. It never sends on the network: the replica releases the
+//! messages that waited for the jobs, and the driver sends them.
 //!
-//! The driver hands it jobs in the core's order. The worker takes every job that is
-//! waiting, writes the batches, and covers them with a single fsync (group commit): under
-//! load many proposals share one sync. Only then does it send the batches' messages (an
-//! acknowledgement or a vote promises what is on disk) and tell the driver how far the log
-//! is durable, so the primary can count its own copy. Snapshots are saved in the same order,
-//! so whatever was queued after a snapshot finds it on disk. The driver task never waits on
-//! disk.
+//! The worker takes every job that is waiting. Log writes are appended as they come and
+//! covered by a single fsync at the end (group commit): under load many proposals share one
+//! sync. A flush of applied changes is one durable transaction in the store; the swap of a
+//! received store renames it over ours. Jobs are done in order, so whatever was queued after
+//! a swap finds the new store in place. The driver task never waits on disk.
 
 use std::path::PathBuf;
 use std::thread;
@@ -15,90 +14,66 @@ use std::thread;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use super::peers::Peers;
 use crate::error::{Error, Result};
-use crate::replication::{Envelope, Index, SnapshotMeta, Term, Write};
-use crate::storage::{LogStore, save_snapshot};
+use crate::replica::{Job, Persisted, StoreWrite};
+use crate::replication::Write;
+use crate::storage::{LogStore, RedbStore};
 
-/// Writes, and the messages that may leave only once the writes are durable.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub writes: Vec<Write>,
-    pub sends: Vec<Envelope>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.sends.is_empty()
-    }
-}
-
-/// Work for the storage worker, carried out in order.
+/// A job with what the server adds to it: the file a received store waits in.
 #[derive(Debug)]
-pub enum Job {
-    Batch(Batch),
-    /// Save an encoded snapshot durably. With `compact`, then compact the log up to it and
-    /// report [`Persisted::Snapshot`] (a snapshot of our own state); without, the core's
-    /// `Write::Compact` follows in a later batch (a snapshot received from the primary).
-    Snapshot {
-        bytes: Vec<u8>,
-        meta: SnapshotMeta,
-        compact: bool,
-    },
+pub struct WorkItem {
+    pub job: Job,
+    pub incoming: Option<PathBuf>,
 }
 
 /// What the worker tells the driver.
 #[derive(Debug)]
-pub enum Persisted {
-    /// Writes are durable: the log up to `log` (if entries were written), and a term and vote
-    /// of `term` (if one was written).
-    Durable {
-        log: Option<(Index, Term)>,
-        term: Option<Term>,
-    },
-    /// Our own snapshot is saved and the log compacted up to it.
-    Snapshot(SnapshotMeta),
+pub enum WorkerEvent {
+    Done(Persisted),
     /// Storage failed; the server must stop rather than acknowledge what it cannot keep.
     Failed(Error),
 }
 
-/// The worker's state.
 struct Worker {
-    store: LogStore,
-    dir: PathBuf,
+    log: LogStore,
+    store: RedbStore,
     fsync: bool,
-    peers: Peers,
-    events: mpsc::UnboundedSender<Persisted>,
+    jobs_done: u64,
+    events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
 /// Starts the worker; it ends when the sender is dropped.
 pub fn spawn(
-    store: LogStore,
-    dir: PathBuf,
+    log: LogStore,
+    store: RedbStore,
     fsync: bool,
-    peers: Peers,
-    events: mpsc::UnboundedSender<Persisted>,
-) -> std::io::Result<mpsc::UnboundedSender<Job>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> std::io::Result<mpsc::UnboundedSender<WorkItem>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<WorkItem>();
     let mut worker = Worker {
+        log,
         store,
-        dir,
         fsync,
-        peers,
+        jobs_done: 0,
         events,
     };
     thread::Builder::new()
         .name("understudy-storage".to_string())
         .spawn(move || {
             while let Some(first) = rx.blocking_recv() {
-                let mut jobs = vec![first];
+                let mut items = vec![first];
                 while let Ok(more) = rx.try_recv() {
-                    jobs.push(more);
+                    items.push(more);
                 }
-                if let Err(err) = worker.run(jobs) {
-                    error!(%err, "storage failed");
-                    let _ = worker.events.send(Persisted::Failed(err));
-                    return;
+                match worker.run(items) {
+                    Ok(report) => {
+                        let _ = worker.events.send(WorkerEvent::Done(report));
+                    }
+                    Err(err) => {
+                        error!(%err, "storage failed");
+                        let _ = worker.events.send(WorkerEvent::Failed(err));
+                        return;
+                    }
                 }
             }
         })?;
@@ -106,69 +81,71 @@ pub fn spawn(
 }
 
 impl Worker {
-    /// Carries out `jobs` in order; consecutive batches share one sync.
-    fn run(&mut self, jobs: Vec<Job>) -> Result<()> {
-        let mut pending = Batch::default();
-        for job in jobs {
-            match job {
-                Job::Batch(batch) => {
-                    pending.writes.extend(batch.writes);
-                    pending.sends.extend(batch.sends);
-                }
-                Job::Snapshot {
-                    bytes,
-                    meta,
-                    compact,
-                } => {
-                    self.flush(std::mem::take(&mut pending))?;
-                    save_snapshot(&self.dir, &bytes)?;
-                    if compact {
-                        self.store.write(&Write::Compact(meta.clone()))?;
-                        self.store.sync()?;
-                        info!(
-                            index = meta.index,
-                            bytes = bytes.len(),
-                            log_bytes = self.store.size(),
-                            "snapshot saved; log compacted"
-                        );
-                        let _ = self.events.send(Persisted::Snapshot(meta));
+    /// Carries out `items` in order; the log writes among them share one sync.
+    fn run(&mut self, items: Vec<WorkItem>) -> Result<Persisted> {
+        let mut report = Persisted::default();
+        let mut wrote = false;
+        for item in items {
+            match item.job {
+                Job::Log(writes) => {
+                    for write in &writes {
+                        self.log.write(write)?;
+                        match write {
+                            // Each entry write ends the log at its last entry.
+                            Write::Entries(entries) => {
+                                if let Some(entry) = entries.last() {
+                                    report.log = Some((entry.index, entry.term));
+                                }
+                            }
+                            Write::HardState(state) => report.term = Some(state.term),
+                            Write::Compact(meta) => info!(
+                                index = meta.index,
+                                log_bytes = self.log.size(),
+                                "log compacted"
+                            ),
+                        }
                     }
+                    wrote |= !writes.is_empty();
+                }
+                Job::Flush { meta, changes } => {
+                    self.store.write(&meta, &changes)?;
+                    report.flushed = Some(meta.position.index);
+                }
+                Job::Install { meta } => {
+                    let Some(path) = item.incoming else {
+                        return Err(Error::Internal(
+                            "a store to install without its file".to_string(),
+                        ));
+                    };
+                    // What was written to the log before the swap is made durable first: the
+                    // swap must not overtake it.
+                    self.sync_log(&mut wrote)?;
+                    let installed = self.store.install_incoming(&path)?;
+                    if installed != meta {
+                        return Err(Error::Corrupt(format!(
+                            "the received store stands at {:?}, not at {:?}",
+                            installed.position, meta.position
+                        )));
+                    }
+                    info!(index = meta.position.index, "received store swapped in");
+                    report.installed = true;
                 }
             }
+            self.jobs_done += 1;
         }
-        self.flush(pending)
+        self.sync_log(&mut wrote)?;
+        report.jobs = self.jobs_done;
+        Ok(report)
     }
 
-    /// Writes a batch, syncs once (or, without fsync, only hands it to the OS), reports what
-    /// is durable, then sends the batch's messages.
-    fn flush(&mut self, batch: Batch) -> Result<()> {
-        let mut log = None;
-        let mut term = None;
-        for write in &batch.writes {
-            self.store.write(write)?;
-            match write {
-                // Each entry write ends the log at its last entry.
-                Write::Entries(entries) => {
-                    if let Some(entry) = entries.last() {
-                        log = Some((entry.index, entry.term));
-                    }
-                }
-                Write::HardState(state) => term = Some(state.term),
-                Write::Compact(_) => {}
-            }
-        }
-        if !batch.writes.is_empty() {
+    /// Syncs the log if anything was written to it (or, without fsync, hands it to the OS).
+    fn sync_log(&mut self, wrote: &mut bool) -> Result<()> {
+        if std::mem::take(wrote) {
             if self.fsync {
-                self.store.sync()?;
+                self.log.sync()?;
             } else {
-                self.store.flush()?;
+                self.log.flush()?;
             }
-        }
-        if log.is_some() || term.is_some() {
-            let _ = self.events.send(Persisted::Durable { log, term });
-        }
-        for envelope in batch.sends {
-            self.peers.send(envelope);
         }
         Ok(())
     }

@@ -6,9 +6,10 @@ use axum::extract::{RawQuery, State};
 
 use super::AppState;
 use crate::api::{
-    ClientsResponse, DEFAULT_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT, MessagesQuery, MessagesResponse,
-    StatusResponse,
+    ClientInfo, ClientsResponse, DEFAULT_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT, MessageInfo,
+    MessagesQuery, MessagesResponse, StatusResponse,
 };
+use crate::app::{Tables, board, client_summaries};
 use crate::error::{Error, Result};
 
 pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>> {
@@ -24,9 +25,9 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>>
                 members: node.members,
                 commit_index: node.commit_index,
                 applied_index: view.applied,
-                clients: view.state.client_count(),
-                logged_in: view.state.logged_in_count(),
-                messages: view.state.message_count(),
+                clients: view.tables.counters().clients,
+                logged_in: view.tables.counters().logged_in,
+                messages: view.tables.counters().messages,
             }
         })
         .await?;
@@ -34,7 +35,18 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>>
 }
 
 pub async fn clients(State(app): State<AppState>) -> Result<Json<ClientsResponse>> {
-    let clients = app.driver.query(|view| view.state.clients()).await?;
+    let clients = app
+        .driver
+        .query(|view| client_summaries(view.tables))
+        .await??
+        .into_iter()
+        .map(|c| ClientInfo {
+            client_id: c.client_id,
+            address: c.address,
+            username: c.username,
+            logged_in: c.logged_in,
+        })
+        .collect();
     Ok(Json(ClientsResponse { clients }))
 }
 
@@ -52,8 +64,17 @@ pub async fn messages(
     }
     let messages = app
         .driver
-        .query(move |view| view.state.messages(from, limit))
-        .await?;
+        .query(move |view| board(view.tables, from, limit))
+        .await??
+        .into_iter()
+        .map(|m| MessageInfo {
+            index: m.index,
+            client_id: m.client_id,
+            username: m.username,
+            seq: m.seq,
+            message: m.text,
+        })
+        .collect();
     Ok(Json(MessagesResponse { messages }))
 }
 

@@ -301,7 +301,7 @@ impl Sim {
                 self.report.stale_prechecks += 1;
                 if self.report.stale_precheck.is_none() {
                     let asked = &self.servers[client.target];
-                    let term = asked.node.as_ref().map_or(0, |n| n.term());
+                    let term = asked.node().map_or(0, |n| n.term());
                     let newest = self.invariants.newest_primary_term();
                     self.report.stale_precheck = Some(format!(
                         "t={} {} {:?} refused by {} in term {term} (newest primary's \

@@ -6,6 +6,8 @@
 //! hand-written matrix; a failing seed replays with the same plan.
 
 use rand::Rng;
+
+use crate::replica::Settings;
 use rand_chacha::ChaCha8Rng;
 
 use super::clock::Time;
@@ -37,8 +39,9 @@ pub struct Plan {
     /// A crashed server restarts, a paused one resumes, a partition heals within this.
     pub max_outage: Time,
     pub clients: usize,
-    /// Each server takes a snapshot (and compacts its log) every this many applied entries.
-    pub snapshot_every: u64,
+    /// How each replica flushes to its store and compacts its log (and whether appends wait
+    /// for the writes before them, `strict_gating`, copied here).
+    pub settings: Settings,
     /// A server's driver takes the packets that arrive within this long of one another in
     /// one round, draining the node's outputs only after all of them (the commands queued
     /// while it was busy, `MAX_COMMANDS_PER_ROUND` in `src/server/driver/mod.rs`).
@@ -74,7 +77,7 @@ impl Plan {
             long: pick(rng, &[0.0, 0.005, 0.02]),
             long_delay: pick(rng, &[100, 400]),
         };
-        Plan {
+        let mut plan = Plan {
             opts,
             join: rng.random_bool(0.3),
             strict_gating: rng.random_bool(0.5),
@@ -90,9 +93,17 @@ impl Plan {
             ],
             max_outage: pick(rng, &[100, 300, 800]),
             clients: rng.random_range(1..=4),
-            snapshot_every: pick(rng, &[5, 10, 20, 50]),
+            settings: Settings::default(),
             round_window: pick(rng, &[0, 2, 10]),
-        }
+        };
+        plan.settings = Settings {
+            flush_every_entries: pick(rng, &[2, 5, 10, 30]),
+            flush_every_ticks: pick(rng, &[3, 10, 40]),
+            compact_every: pick(rng, &[5, 10, 20, 50]),
+            strict_gating: plan.strict_gating,
+            observe: true,
+        };
+        plan
     }
 
     /// The nemesis' next move on a cluster of `servers`.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use super::storage::LogFile;
 use super::{Invariant, Violation};
-use crate::app::{Command, Outcome, Request, State};
+use crate::app::{Command, MemTables, Outcome, Request, apply};
 use crate::replication::{Entry, Envelope, Index, Message, NodeId, Payload, SnapshotMeta, Term};
 
 /// Committed entries between two copies of the reference state.
@@ -40,10 +40,10 @@ pub struct Invariants {
     terms: Vec<Term>,
     durable_terms: Vec<Term>,
     /// The committed commands applied in order: the state after every committed entry.
-    reference: State,
+    reference: MemTables,
     /// `checkpoints[k]` is the reference state after the first `k * CHECKPOINT_EVERY`
     /// committed entries.
-    checkpoints: Vec<State>,
+    checkpoints: Vec<MemTables>,
     /// The indexes of the committed configuration entries, ascending.
     configs: Vec<Index>,
 }
@@ -67,8 +67,8 @@ impl Invariants {
             outcomes: Vec::new(),
             terms: vec![0; servers],
             durable_terms: vec![0; servers],
-            reference: State::new(),
-            checkpoints: vec![State::new()],
+            reference: MemTables::default(),
+            checkpoints: vec![MemTables::default()],
             configs: Vec::new(),
         }
     }
@@ -224,41 +224,45 @@ impl Invariants {
             Payload::Command(bytes) => {
                 let request =
                     Request::decode(bytes).expect("the simulation proposes valid requests");
-                Some(self.reference.apply(&request).outcome)
+                Some(
+                    apply(&mut self.reference, &request)
+                        .expect("memory never fails")
+                        .outcome,
+                )
             }
         }
     }
 
     /// The application state after the committed entries up to `index`.
-    fn state_at(&self, index: Index) -> State {
+    fn state_at(&self, index: Index) -> MemTables {
         let checkpoint = index as usize / CHECKPOINT_EVERY;
         let mut state = self.checkpoints[checkpoint].clone();
         for entry in &self.committed[checkpoint * CHECKPOINT_EVERY..index as usize] {
             if let Payload::Command(bytes) = &entry.payload {
                 let request =
                     Request::decode(bytes).expect("the simulation proposes valid requests");
-                state.apply(&request);
+                apply(&mut state, &request).expect("memory never fails");
             }
         }
         state
     }
 
-    /// A server took, installed, or restarted from (`what`) a snapshot: it must cover
-    /// committed entries only, name the term of its last one and the configuration in force
-    /// there, and its application state must be exactly that of the committed entries up to
-    /// its index. Equal states at equal applied indexes, whatever the path to them.
-    pub fn snapshot(
+    /// A server's store after a flush, after a swap, or read back at a restart (`what`): it
+    /// must cover committed entries only, name the term of its last one and the
+    /// configuration in force there, and its tables must be exactly those of the committed
+    /// entries up to its index. Equal states at equal applied indexes, whatever the path.
+    pub fn store(
         &self,
         id: &NodeId,
         what: &str,
         meta: &SnapshotMeta,
-        state: &State,
+        state: &MemTables,
     ) -> Result<(), Violation> {
         let fail = |why: String| {
             Err(Violation::new(
-                Invariant::SnapshotConsistent,
+                Invariant::StoreConsistent,
                 format!(
-                    "{id} {what} a snapshot at {}@{} that {why}",
+                    "{id} {what} a store at {}@{} that {why}",
                     meta.index, meta.term
                 ),
             ))
@@ -296,8 +300,7 @@ impl Invariants {
             return fail(format!(
                 "holds another application state than the committed entries give ({} messages \
                  where {} were committed)",
-                state.message_count(),
-                expected.message_count()
+                state.counters.messages, expected.counters.messages
             ));
         }
         Ok(())
@@ -305,14 +308,30 @@ impl Invariants {
 
     /// A server ends the run with `state` after applying up to `index`: the replay's state
     /// there, whether it got there entry by entry or through snapshots.
-    pub fn final_state(&self, id: &NodeId, index: Index, state: &State) -> Result<(), Violation> {
-        if index as usize > self.committed.len() || *state != self.state_at(index) {
+    pub fn final_state(
+        &self,
+        id: &NodeId,
+        index: Index,
+        state: &MemTables,
+    ) -> Result<(), Violation> {
+        if index as usize > self.committed.len() {
+            return Err(Violation::new(
+                Invariant::ClientHistory,
+                format!(
+                    "{id} ends at index {index}, beyond the {} committed entries",
+                    self.committed.len()
+                ),
+            ));
+        }
+        let expected = self.state_at(index);
+        if *state != expected {
             return Err(Violation::new(
                 Invariant::ClientHistory,
                 format!(
                     "{id} ends at index {index} with another application state than the \
-                     {} committed entries give",
-                    self.committed.len()
+                     {} committed entries give: {}",
+                    self.committed.len(),
+                    difference(state, &expected)
                 ),
             ));
         }
@@ -439,6 +458,51 @@ pub fn show(entry: &Entry) -> String {
     format!("{}@{} {what}", entry.index, entry.term)
 }
 
+/// Where two application states differ, in a few words.
+fn difference(found: &MemTables, expected: &MemTables) -> String {
+    if found.counters != expected.counters {
+        return format!(
+            "counters {:?}, expected {:?}",
+            found.counters, expected.counters
+        );
+    }
+    if found.users != expected.users {
+        return format!(
+            "{} users, expected {}",
+            found.users.len(),
+            expected.users.len()
+        );
+    }
+    for (id, record) in &expected.clients {
+        if found.clients.get(id) != Some(record) {
+            return format!(
+                "client {id} is {:?}, expected {record:?}",
+                found.clients.get(id)
+            );
+        }
+    }
+    if found.clients.len() != expected.clients.len() {
+        return format!(
+            "{} clients, expected {}",
+            found.clients.len(),
+            expected.clients.len()
+        );
+    }
+    for (index, record) in &expected.messages {
+        if found.messages.get(index) != Some(record) {
+            return format!(
+                "message {index} is {:?}, expected {record:?}",
+                found.messages.get(index)
+            );
+        }
+    }
+    format!(
+        "{} messages, expected {}",
+        found.messages.len(),
+        expected.messages.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,9 +524,9 @@ mod tests {
 
     /// Commits a configuration of n1 and n2, then `count` commands; returns the record and
     /// the state a server has after applying all of them.
-    fn committed(count: u64) -> (Invariants, State) {
+    fn committed(count: u64) -> (Invariants, MemTables) {
         let mut invariants = Invariants::new(2, true);
-        let mut state = State::new();
+        let mut state = MemTables::default();
         let config = Entry {
             term: 0,
             index: 1,
@@ -476,7 +540,9 @@ mod tests {
             let Payload::Command(bytes) = &entry.payload else {
                 unreachable!()
             };
-            let outcome = state.apply(&Request::decode(bytes).unwrap()).outcome;
+            let outcome = apply(&mut state, &Request::decode(bytes).unwrap())
+                .unwrap()
+                .outcome;
             invariants
                 .applied(&"n1".to_string(), 1, &entry, &Some(outcome))
                 .unwrap();
@@ -492,35 +558,35 @@ mod tests {
         }
     }
 
-    /// A snapshot is checked against the replay of the committed entries, across the
+    /// A store is checked against the replay of the committed entries, across the
     /// reference's checkpoints: the right state passes, a state missing or repeating an
     /// entry, a wrong term, wrong members or an index beyond the commits are caught.
     #[test]
-    fn snapshot_must_hold_the_committed_state() {
+    fn store_must_hold_the_committed_state() {
         let count = 2 * CHECKPOINT_EVERY as u64 + 5;
         let (invariants, state) = committed(count);
         let id = "n2".to_string();
         let last = count + 1;
         invariants
-            .snapshot(&id, "installed", &meta(last, 1), &state)
+            .store(&id, "installed", &meta(last, 1), &state)
             .unwrap();
 
         let (_, shorter) = committed(count - 1);
         let caught = |result: Result<(), Violation>| {
             let violation = result.expect_err("caught");
-            assert_eq!(violation.invariant, Invariant::SnapshotConsistent);
+            assert_eq!(violation.invariant, Invariant::StoreConsistent);
             violation.message
         };
-        let message = caught(invariants.snapshot(&id, "installed", &meta(last, 1), &shorter));
+        let message = caught(invariants.store(&id, "installed", &meta(last, 1), &shorter));
         assert!(message.contains("another application state"), "{message}");
         invariants
-            .snapshot(&id, "took", &meta(last - 1, 1), &shorter)
+            .store(&id, "took", &meta(last - 1, 1), &shorter)
             .unwrap();
-        caught(invariants.snapshot(&id, "took", &meta(last, 2), &state));
-        caught(invariants.snapshot(&id, "took", &meta(last + 1, 1), &state));
+        caught(invariants.store(&id, "took", &meta(last, 2), &state));
+        caught(invariants.store(&id, "took", &meta(last + 1, 1), &state));
         let mut others = meta(last, 1);
         others.members.pop();
-        caught(invariants.snapshot(&id, "took", &others, &state));
+        caught(invariants.store(&id, "took", &others, &state));
     }
 
     /// The first server to apply an entry is checked against the replay too: an outcome

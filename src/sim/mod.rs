@@ -4,19 +4,20 @@
 //! real application [`State`](crate::app::State), inside one thread with one simulated
 //! clock and one random generator seeded from a single `u64`. Nothing here reads the wall
 //! clock, spawns a thread or iterates a `HashMap`, so a seed replays the same run, event for
-//! event. The simulation plays the part of the server driver (`src/server/driver/`) and
-//! everything around it:
+//! event. The servers run the real replica (`src/replica/`), the same code the tokio driver
+//! runs; the simulation plays the driver's part around it (sockets, disk, clock):
 //!
 //! | part | model | file |
 //! |---|---|---|
 //! | clock | one queue of timed events; each server ticks at its own slightly skewed rate | `clock.rs` |
-//! | disk | per server a durable log (hard state, compacted base, entries) and snapshot file, and jobs not yet synced (writes, snapshot saves, compactions); a sync makes them durable in order, reports to the node, then releases the messages that waited for them; a crash keeps the durable part and a random prefix of the rest | `storage.rs` |
-//! | driver | outputs carried out in order; committed entries applied to the application; proposals waiting for their index, answered as the driver does; packets that arrive together handled in one round before the outputs are drained; a snapshot every few entries (drawn per run), sent to backups behind the compacted log and installed by them; restarts from snapshot and log | `server.rs`, `runner.rs` |
-//! | network | seeded delays, drops, duplicates (hence reordering), partitions that heal; snapshots travel whole, a little slower | `network.rs` |
+//! | replica | the real `Replica` of the server: checks and proposals, gating, applying, flushes to the store and compaction (intervals drawn per run), state transfer, restore | `src/replica/` |
+//! | disk | per server a durable log (hard state, compacted base, entries), a store (tables at a position) and a received store, and the replica's jobs not yet synced; a sync carries them out in order and reports what is done; a crash keeps the durable part and a random prefix of the rest | `storage.rs` |
+//! | driver | the replica's outputs carried out as the tokio driver does; packets that arrive together handled in one round before the outputs are drained | `server.rs`, `runner.rs` |
+//! | network | seeded delays, drops, duplicates (hence reordering), partitions that heal; stores travel whole, a little slower | `network.rs` |
 //! | nemesis | crashes and restarts, pauses (a frozen process), partitions, removal of a member (which joins again), per-run hostility | `faults.rs`, `nemesis.rs` |
 //! | clients | log in, then post numbered messages through whoever is primary, retrying the same `(client, seq, text)` after a timeout or a refusal | `clients.rs` |
 //! | loop | the event queue, the servers' reactions, the healing phase and the end | `runner.rs` |
-//! | checks | safety after every step, snapshots against a replay of the committed entries; the client history at the end | `invariants.rs`, `history.rs` |
+//! | checks | safety after every step, every store state against a replay of the committed entries; the client history at the end | `invariants.rs`, `history.rs` |
 //! | scenarios | hand-driven reproductions of what the sweeps found | `scenarios.rs` |
 //!
 //! A run has two phases. For `steps` events every fault is allowed. Then the network heals,
@@ -48,6 +49,7 @@ mod runner;
 mod scenarios;
 mod server;
 mod storage;
+mod store_model;
 mod tests;
 
 use std::cell::RefCell;
@@ -123,8 +125,6 @@ pub enum Invariant {
     /// State machine safety: an index, once committed (applied anywhere), always holds the
     /// same entry, on every server, in every later incarnation.
     CommittedNeverChanges,
-    /// Each server applies entries in index order, each once.
-    AppliedInOrder,
     /// Leader completeness (Raft §5.4): a new primary's log holds every committed entry.
     PrimaryHasAllCommitted,
     /// A server's term never decreases, in memory nor on disk across restarts.
@@ -133,16 +133,17 @@ pub enum Invariant {
     DeterministicApply,
     /// The core asked for a write that would leave a gap in the log.
     ContiguousWrites,
-    /// A snapshot (taken, installed, or read back at a restart) holds the application state
-    /// of exactly the committed entries up to its index, with that index's term and the
-    /// configuration in force there; a disk never holds a log compacted beyond its snapshot.
-    SnapshotConsistent,
+    /// A store (after a flush, after a swap, or read back at a restart) holds the application
+    /// state of exactly the committed entries up to its position, with that index's term and
+    /// the configuration in force there; a disk never holds a log compacted beyond its store.
+    StoreConsistent,
     /// The clients' view: acknowledged messages on every board once, at their index, in
     /// real-time order; nothing invented; the expected outcome for each request.
     ClientHistory,
     /// With the network healed and every server up, the cluster settles.
     Convergence,
-    /// The core panicked (its own assertions, e.g. "two primaries in term 7").
+    /// The core or the replica panicked (their own assertions, e.g. "two primaries in term
+    /// 7", or an entry applied out of order).
     NodePanic,
 }
 
@@ -221,20 +222,18 @@ pub struct Report {
     pub joined: bool,
     /// Whether appends also waited for the writes before them.
     pub strict_gating: bool,
-    /// Snapshots of their own state that servers took.
-    pub snapshots_taken: u64,
-    /// Own snapshots saved and the log compacted up to them (reported to the node).
+    /// Flushes of applied changes that reached a store (each checked against the replay).
+    pub flushes: u64,
+    /// Log compactions that reached the disk.
     pub compactions: u64,
-    /// Snapshots a primary sent to a backup behind its compacted log.
-    pub snapshots_sent: u64,
-    /// Received snapshots that the node took and the server installed.
-    pub snapshots_installed: u64,
-    /// Received snapshots that the node did not take (stale, or covered already).
-    pub snapshots_refused: u64,
-    /// Times a primary was to send a snapshot and had none saved yet.
-    pub snapshots_unavailable: u64,
-    /// Restarts that resumed from a snapshot file.
-    pub restored_from_snapshots: u64,
+    /// Stores a primary sent to a backup behind its compacted log.
+    pub stores_sent: u64,
+    /// Received stores that the replica took (swapped in once its disk got to them).
+    pub stores_installed: u64,
+    /// Received stores that the replica did not take (stale, or covered already).
+    pub stores_refused: u64,
+    /// Restarts that resumed from a store holding something.
+    pub restored_from_stores: u64,
     /// Rounds in which a server's driver handled more than one packet before draining.
     pub batched_rounds: u64,
 }

@@ -113,7 +113,7 @@ impl Sim {
         (0..self.servers.len())
             .filter(|&p| self.servers[p].is_running())
             .filter_map(|p| {
-                let node = self.servers[p].node.as_ref()?;
+                let node = self.servers[p].node()?;
                 node.is_primary().then(|| (node.term(), p))
             })
             .max()
@@ -125,7 +125,7 @@ impl Sim {
         let Some(p) = self.primary() else {
             return Ok(());
         };
-        let members = self.servers[p].node.as_ref().map(|n| n.members());
+        let members = self.servers[p].node().map(|n| n.members());
         let others: Vec<NodeId> = members
             .unwrap_or_default()
             .into_iter()
@@ -135,15 +135,10 @@ impl Sim {
             return Ok(());
         }
         let id = others[self.rng.random_range(0..others.len())].clone();
-        let Some(node) = self.servers[p].node.as_mut() else {
-            return Ok(());
-        };
-        let result = node.remove_member(&id);
-        if result.is_ok() {
-            self.report.removals += 1;
-        }
+        self.servers[p].remove(&id);
+        self.report.removals += 1;
         let primary_id = self.servers[p].id.clone();
-        self.trace(|| format!("{primary_id} removes {id}: {result:?}"));
+        self.trace(|| format!("{primary_id} removes {id}"));
         self.drain(p)
     }
 
@@ -151,7 +146,7 @@ impl Sim {
     /// primary to take it in.
     pub(super) fn join(&mut self) -> Result<(), Violation> {
         if let Some(p) = self.primary() {
-            let members = self.servers[p].node.as_ref().map(|n| n.members());
+            let members = self.servers[p].node().map(|n| n.members());
             let members = members.unwrap_or_default();
             for j in 0..self.servers.len() {
                 let id = self.servers[j].id.clone();
@@ -162,9 +157,7 @@ impl Sim {
                 {
                     continue;
                 }
-                if let Some(node) = self.servers[p].node.as_mut() {
-                    let _ = node.add_learner(id.clone());
-                }
+                self.servers[p].join(id.clone());
                 let primary_id = self.servers[p].id.clone();
                 self.trace(|| format!("{id} asks {primary_id} to join"));
             }

@@ -6,33 +6,33 @@
 //! checked when a message arrives, so what was in flight when the split happened is lost
 //! too, as with a cut cable.
 //!
-//! Snapshots travel on the same network: the real sender streams the saved file in chunks
-//! (`src/server/snapshots.rs`) and the receiver hands it to its driver only once it is whole
-//! and its checksum holds, so the model delivers it whole or not at all, a little later than
-//! a message for its size.
+//! Stores travel on the same network: the real sender streams a read view of its store in
+//! checked chunks (`src/server/state_transfer.rs`) and the receiver hands it to its driver
+//! only once it is whole and checks out, so the model delivers it whole or not at all, a
+//! little later than a message for its size.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::clock::Time;
 use crate::replication::{Envelope, Message, NodeId, Term};
-use crate::storage::Snapshot;
 
-/// A primary's saved snapshot on its way to a backup.
+/// A primary's store on its way to a backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotTransfer {
     pub from: NodeId,
     pub to: NodeId,
     /// The sender's term when it started sending.
     pub term: Term,
-    /// The file as saved (`storage::Snapshot::encode`).
-    pub bytes: Vec<u8>,
+    /// The store as it was on the sender's disk when it started sending.
+    pub store: super::storage::StoreFile,
 }
 
 impl SnapshotTransfer {
     /// The extra time a transfer of this size takes over a message.
     pub fn transfer_time(&self) -> Time {
-        self.bytes.len() as Time / 2048
+        let records = self.store.tables.messages.len() + self.store.tables.clients.len();
+        records as Time / 16
     }
 }
 
@@ -157,16 +157,15 @@ pub fn describe_packet(packet: &Packet) -> String {
     match packet {
         Packet::Message(envelope) => describe(envelope),
         Packet::Snapshot(transfer) => {
-            let covers = Snapshot::decode(&transfer.bytes, "a snapshot")
-                .map_or("undecodable".to_string(), |s| {
-                    format!("{}@{}", s.meta.index, s.meta.term)
-                });
+            let position = &transfer.store.meta.position;
             format!(
-                "{}@{} -> {} Snapshot {covers} ({} bytes)",
+                "{}@{} -> {} Store at {}@{} ({} messages)",
                 transfer.from,
                 transfer.term,
                 transfer.to,
-                transfer.bytes.len()
+                position.index,
+                position.term,
+                transfer.store.tables.messages.len()
             )
         }
     }

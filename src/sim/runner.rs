@@ -16,7 +16,7 @@ use super::history::History;
 use super::invariants::Invariants;
 use super::network::{Network, Packet, SnapshotTransfer, describe_packet};
 use super::server::{Effects, Server};
-use super::storage::{Persisted, Storage};
+use super::storage::Storage;
 use super::{Failure, Invariant, Report, SimConfig, Violation};
 use crate::replication::{Entry, Envelope, HardState, NodeId, Payload};
 
@@ -104,7 +104,7 @@ impl Sim {
                     storage,
                     tick_every,
                     bootstraps,
-                    Some(plan.snapshot_every),
+                    plan.settings.clone(),
                 )
             })
             .collect();
@@ -219,7 +219,7 @@ impl Sim {
             Event::Join => self.join()?,
         }
         for (i, server) in self.servers.iter().enumerate() {
-            if let Some(node) = &server.node {
+            if let Some(node) = server.node() {
                 self.invariants.term_now(i, &server.id, node.term())?;
             }
         }
@@ -234,19 +234,19 @@ impl Sim {
         let s = &mut self.servers[server];
         let started = s
             .start(&self.plan.opts, seed)
-            .map_err(|why| Violation::new(Invariant::SnapshotConsistent, why))?;
+            .map_err(|why| Violation::new(Invariant::StoreConsistent, why))?;
         let (id, epoch, tick_every) = (s.id.clone(), s.epoch, s.tick_every);
         let term = started.term;
         self.invariants.restarted(server, &id, term)?;
-        if let Some(meta) = &started.snapshot {
-            self.report.restored_from_snapshots += 1;
+        if let Some(store) = &started.store {
+            self.report.restored_from_stores += 1;
             self.invariants
-                .snapshot(&id, "restored", meta, &self.servers[server].state)?;
+                .store(&id, "restored", &store.meta.position, &store.tables)?;
         }
-        self.trace(|| match &started.snapshot {
-            Some(meta) => format!(
-                "{id} starts in term {term} from its snapshot at {}@{}",
-                meta.index, meta.term
+        self.trace(|| match &started.store {
+            Some(store) => format!(
+                "{id} starts in term {term} from its store at {}@{}",
+                store.meta.position.index, store.meta.position.term
             ),
             None => format!("{id} starts in term {term}"),
         });
@@ -260,9 +260,7 @@ impl Sim {
         if s.epoch != epoch || !s.is_running() {
             return Ok(());
         }
-        if let Some(node) = s.node.as_mut() {
-            node.tick();
-        }
+        s.tick();
         let at = self.now + s.tick_every;
         self.queue.schedule(at, Event::Tick { server, epoch });
         self.drain(server)
@@ -294,11 +292,7 @@ impl Sim {
         for packet in round {
             self.trace(|| format!("deliver {}", describe_packet(&packet)));
             match packet {
-                Packet::Message(envelope) => {
-                    if let Some(node) = self.servers[to].node.as_mut() {
-                        node.step(envelope);
-                    }
-                }
+                Packet::Message(envelope) => self.servers[to].step(envelope),
                 Packet::Snapshot(transfer) => self.install(to, &transfer)?,
             }
         }
@@ -333,24 +327,19 @@ impl Sim {
         Some(to)
     }
 
-    /// A whole snapshot reached a running server: its driver hands it to the node and, if
-    /// taken, saves it and replaces the application state, which must then be the state of
-    /// the committed entries up to the snapshot.
+    /// A whole store reached a running server: its driver hands it to the replica, which
+    /// swaps it in once its disk has done the jobs before (the checks look at it then).
     fn install(&mut self, server: usize, transfer: &SnapshotTransfer) -> Result<(), Violation> {
         let s = &mut self.servers[server];
-        let installed = s
-            .install_snapshot(transfer)
-            .map_err(|why| Violation::new(Invariant::SnapshotConsistent, why))?;
+        let installed = s.install(transfer);
         let id = s.id.clone();
         let Some(meta) = installed else {
-            self.report.snapshots_refused += 1;
-            self.trace(|| format!("{id} does not install the snapshot"));
+            self.report.stores_refused += 1;
+            self.trace(|| format!("{id} does not take the store"));
             return Ok(());
         };
-        self.report.snapshots_installed += 1;
-        self.trace(|| format!("{id} installs the snapshot at {}@{}", meta.index, meta.term));
-        self.invariants
-            .snapshot(&id, "installed", &meta, &self.servers[server].state)?;
+        self.report.stores_installed += 1;
+        self.trace(|| format!("{id} takes the store at {}@{}", meta.index, meta.term));
         self.schedule_sync(server);
         Ok(())
     }
@@ -363,24 +352,21 @@ impl Sim {
         s.sync_scheduled = false;
         let synced = s.storage.sync();
         let (id, term) = (s.id.clone(), s.storage.durable_term());
-        if let Some(node) = s.node.as_mut() {
-            for report in &synced.reports {
-                match *report {
-                    Persisted::Log(index, entry_term) => node.persisted(index, entry_term),
-                    Persisted::Compacted(index) => node.compact(index),
-                }
+        let report = synced.report.clone();
+        self.report.compactions += synced.compactions;
+        s.persisted(synced.report)
+            .map_err(|why| Violation::new(Invariant::StoreConsistent, why))?;
+        self.invariants.durable_term(server, &id, term)?;
+        for (what, store) in &synced.stores {
+            if *what == "flushed" {
+                self.report.flushes += 1;
+            }
+            if store.meta.position.index > 0 {
+                self.invariants
+                    .store(&id, what, &store.meta.position, &store.tables)?;
             }
         }
-        self.report.compactions += synced
-            .reports
-            .iter()
-            .filter(|r| matches!(r, Persisted::Compacted(_)))
-            .count() as u64;
-        self.invariants.durable_term(server, &id, term)?;
-        self.trace(|| format!("{id} syncs: {:?}", synced.reports));
-        for envelope in synced.released {
-            self.send(envelope)?;
-        }
+        self.trace(|| format!("{id} syncs: {report:?}"));
         self.drain(server)
     }
 
@@ -388,7 +374,7 @@ impl Sim {
     pub(super) fn drain(&mut self, server: usize) -> Result<(), Violation> {
         let mut effects = Effects::default();
         let verbose = self.config.verbose;
-        self.servers[server].process(self.plan.strict_gating, verbose, &mut effects);
+        self.servers[server].process(verbose, &mut effects);
         for line in std::mem::take(&mut effects.trace) {
             self.trace(|| line);
         }
@@ -403,15 +389,10 @@ impl Sim {
                     .became_primary(&s.id, s.incarnation, *term, s.storage.written())?;
             }
         }
-        let term = s.node.as_ref().map_or(0, |n| n.term());
+        let term = s.node().map_or(0, |n| n.term());
         for (entry, outcome) in &effects.applied {
             self.invariants.applied(&s.id, term, entry, outcome)?;
         }
-        if let Some(meta) = &effects.snapshot_taken {
-            self.report.snapshots_taken += 1;
-            self.invariants.snapshot(&s.id, "took", meta, &s.state)?;
-        }
-        self.report.snapshots_unavailable += effects.no_snapshot_to_send;
         if verbose && !effects.applied.is_empty() {
             let id = s.id.clone();
             let list: Vec<String> = effects
@@ -424,7 +405,7 @@ impl Sim {
         for envelope in effects.sends {
             self.send(envelope)?;
         }
-        for transfer in effects.snapshots {
+        for transfer in effects.transfers {
             self.send_snapshot(transfer);
         }
         if effects.wrote {
@@ -456,7 +437,7 @@ impl Sim {
 
     /// Puts a snapshot on the network.
     fn send_snapshot(&mut self, transfer: SnapshotTransfer) {
-        self.report.snapshots_sent += 1;
+        self.report.stores_sent += 1;
         self.invariants.spoke(&transfer.from, transfer.term);
         let extra = transfer.transfer_time();
         self.transmit(Packet::Snapshot(transfer), extra);
@@ -490,21 +471,22 @@ impl Sim {
         let primaries: Vec<&Server> = self
             .servers
             .iter()
-            .filter(|s| s.node.as_ref().is_some_and(|n| n.is_primary()))
+            .filter(|s| s.node().is_some_and(|n| n.is_primary()))
             .collect();
         let [primary] = primaries.as_slice() else {
             return false;
         };
-        let Some(lead) = primary.node.as_ref().map(|n| n.status()) else {
+        let Some(lead) = primary.node().map(|n| n.status()) else {
             return false;
         };
         self.servers.iter().all(|s| {
-            s.node.as_ref().is_some_and(|n| {
-                let status = n.status();
+            s.replica.as_ref().is_some_and(|r| {
+                let status = r.node().status();
                 status.term == lead.term
                     && status.last_index == lead.last_index
                     && status.commit_index == lead.last_index
-                    && s.applied == lead.last_index
+                    && r.applied() == lead.last_index
+                    && !r.is_installing()
                     && status.members.len() == self.servers.len()
             })
         })
@@ -512,27 +494,31 @@ impl Sim {
 
     /// The client history against the final boards, and equal application states.
     fn final_check(&self) -> Result<(), Violation> {
-        let boards: Vec<_> = self
-            .servers
+        let mut states = Vec::new();
+        for s in &self.servers {
+            let (Some(replica), Some(state)) = (&s.replica, s.contents()) else {
+                return Err(Violation::new(
+                    Invariant::Convergence,
+                    format!("{} is down", s.id),
+                ));
+            };
+            self.invariants
+                .final_state(&s.id, replica.applied(), &state)?;
+            states.push((s.id.clone(), state));
+        }
+        let boards: Vec<_> = states
             .iter()
-            .map(|s| (s.id.clone(), s.state.messages(0, u64::MAX)))
+            .map(|(id, state)| (id.clone(), board_of(state)))
             .collect();
         self.history
             .check(&boards)
             .map_err(|m| Violation::new(Invariant::ClientHistory, m))?;
-        for s in &self.servers {
-            self.invariants.final_state(&s.id, s.applied, &s.state)?;
-        }
-        if let Some(other) = self
-            .servers
-            .iter()
-            .find(|s| s.state != self.servers[0].state)
-        {
+        if let Some((other, _)) = states.iter().find(|(_, state)| *state != states[0].1) {
             return Err(Violation::new(
                 Invariant::ClientHistory,
                 format!(
-                    "{} and {} end with different application states",
-                    self.servers[0].id, other.id
+                    "{} and {other} end with different application states",
+                    states[0].0
                 ),
             ));
         }
@@ -544,10 +530,10 @@ impl Sim {
         let servers: Vec<String> = self
             .servers
             .iter()
-            .map(|s| match &s.node {
+            .map(|s| match &s.replica {
                 None => format!("{} down", s.id),
-                Some(n) => {
-                    let st = n.status();
+                Some(r) => {
+                    let st = r.node().status();
                     format!(
                         "{} {}@{} last={} commit={} applied={} members={}{}",
                         s.id,
@@ -555,7 +541,7 @@ impl Sim {
                         st.term,
                         st.last_index,
                         st.commit_index,
-                        s.applied,
+                        r.applied(),
                         st.members.len(),
                         if s.paused { " paused" } else { "" }
                     )
@@ -577,4 +563,19 @@ impl Sim {
             println!("[t={:>6} #{:>6}] {}", self.now, self.step, line());
         }
     }
+}
+
+/// A board as the clients read it.
+fn board_of(state: &crate::app::MemTables) -> Vec<crate::api::MessageInfo> {
+    crate::app::board(state, 1, u64::MAX)
+        .expect("memory never fails")
+        .into_iter()
+        .map(|m| crate::api::MessageInfo {
+            index: m.index,
+            client_id: m.client_id,
+            username: m.username,
+            seq: m.seq,
+            message: m.text,
+        })
+        .collect()
 }

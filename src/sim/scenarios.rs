@@ -10,8 +10,9 @@ use std::collections::{BTreeSet, VecDeque};
 use super::Invariant;
 use super::network::Packet;
 use super::server::{Effects, Server};
-use super::storage::{Persisted, Storage};
+use super::storage::Storage;
 use crate::app::{Command, Request};
+use crate::replica::Settings;
 use crate::replication::{Entry, HardState, Message, Options, Payload};
 
 /// A few servers, a wire that delivers in order, and disks that sync when told to (or at
@@ -38,12 +39,20 @@ impl Bench {
         Bench::joining_with_snapshots(count, None)
     }
 
-    /// The same, each server taking a snapshot every `snapshot_every` applied entries.
+    /// The same, each server flushing its store and compacting its log every
+    /// `snapshot_every` applied entries (never without).
     fn joining_with_snapshots(count: usize, snapshot_every: Option<u64>) -> Bench {
+        let settings = Settings {
+            flush_every_entries: snapshot_every.unwrap_or(u64::MAX),
+            flush_every_ticks: u32::MAX,
+            compact_every: snapshot_every.unwrap_or(u64::MAX),
+            strict_gating: false,
+            observe: true,
+        };
         let servers = (1..=count)
             .map(|n| {
                 let storage = Storage::new(HardState::default(), Vec::new());
-                Server::new(format!("n{n}"), storage, 10, n == 1, snapshot_every)
+                Server::new(format!("n{n}"), storage, 10, n == 1, settings.clone())
             })
             .collect();
         let mut bench = Bench {
@@ -91,7 +100,7 @@ impl Bench {
     /// The same, returning what a correct core never asks for instead of failing on it.
     fn try_drain(&mut self, s: usize) -> Option<(Invariant, String)> {
         let mut effects = Effects::default();
-        self.servers[s].process(false, false, &mut effects);
+        self.servers[s].process(false, &mut effects);
         if effects.broken.is_some() {
             return effects.broken;
         }
@@ -99,7 +108,7 @@ impl Bench {
         self.wire
             .extend(effects.sends.into_iter().map(Packet::Message));
         self.wire
-            .extend(effects.snapshots.into_iter().map(Packet::Snapshot));
+            .extend(effects.transfers.into_iter().map(Packet::Snapshot));
         if effects.wrote && self.auto_sync.contains(&s) {
             self.sync(s);
         }
@@ -108,16 +117,9 @@ impl Bench {
 
     fn sync(&mut self, s: usize) {
         let synced = self.servers[s].storage.sync();
-        if let Some(node) = &mut self.servers[s].node {
-            for report in synced.reports {
-                match report {
-                    Persisted::Log(index, term) => node.persisted(index, term),
-                    Persisted::Compacted(index) => node.compact(index),
-                }
-            }
+        if let Err(why) = self.servers[s].persisted(synced.report) {
+            panic!("{why}");
         }
-        self.wire
-            .extend(synced.released.into_iter().map(Packet::Message));
         self.drain(s);
     }
 
@@ -147,14 +149,9 @@ impl Bench {
     /// install path. The node's outputs are not drained.
     fn handle(&mut self, to: usize, packet: Packet) {
         match packet {
-            Packet::Message(envelope) => {
-                if let Some(node) = &mut self.servers[to].node {
-                    node.step(envelope);
-                }
-            }
+            Packet::Message(envelope) => self.servers[to].step(envelope),
             Packet::Snapshot(transfer) => {
-                let installed = self.servers[to].install_snapshot(&transfer);
-                if installed.expect("a snapshot that decodes").is_some() {
+                if self.servers[to].install(&transfer).is_some() {
                     self.installed[to] += 1;
                 }
             }
@@ -175,8 +172,8 @@ impl Bench {
     fn run(&mut self, rounds: usize) {
         for _ in 0..rounds {
             for s in 0..self.servers.len() {
-                if let Some(node) = &mut self.servers[s].node {
-                    node.tick();
+                if self.servers[s].is_up() {
+                    self.servers[s].tick();
                     self.drain(s);
                 }
             }
@@ -185,7 +182,11 @@ impl Bench {
     }
 
     fn node(&mut self, s: usize) -> &mut crate::replication::Node {
-        self.servers[s].node.as_mut().expect("the server is up")
+        self.servers[s]
+            .replica
+            .as_mut()
+            .expect("the server is up")
+            .node_mut()
     }
 
     /// Proposes a command on a primary, as the driver does.
@@ -418,7 +419,7 @@ fn snapshot_handled_with_a_committing_append_is_not_applied_twice() {
     let mut packets: Vec<Packet> = appends.take(2).cloned().collect();
     let snapshot = held.iter().find(|p| matches!(p, Packet::Snapshot(_)));
     packets.extend(snapshot.cloned());
-    let applied_before = bench.servers[2].applied;
+    let applied_before = bench.servers[2].replica.as_ref().map_or(0, |r| r.applied());
     let broken = bench.round(2, packets);
     assert!(
         broken.is_none(),
@@ -428,7 +429,7 @@ fn snapshot_handled_with_a_committing_append_is_not_applied_twice() {
     );
     bench.run(5);
     bench.assert_applied_agree();
-    assert_eq!(bench.servers[2].state, bench.servers[0].state);
+    assert_eq!(bench.servers[2].contents(), bench.servers[0].contents());
 }
 
 /// A restart between saving a received snapshot and compacting the log (found by the sweeps:
@@ -455,17 +456,20 @@ fn restart_between_saving_a_received_snapshot_and_compacting_keeps_the_log_usabl
     // n3's disk has queued the snapshot file, then the node's `Compact`. The file is
     // replaced (renamed into place) and the power fails before the log record is written.
     bench.servers[2].crash(|_| 1);
-    let durable = bench.servers[2].storage.durable();
-    let saved = durable
-        .snapshot
-        .as_ref()
-        .expect("the snapshot file")
+    let saved = bench.servers[2]
+        .storage
+        .store()
+        .contents()
         .meta
+        .position
         .index;
-    let (log_base, log_last) = (durable.log.base.index, durable.log.last_index());
-    println!("n3's disk: snapshot at {saved}, log compacted to {log_base} ending at {log_last}");
-    bench.start(2);
+    let log = bench.servers[2].storage.durable_log();
+    let (log_base, log_last) = (log.base.index, log.last_index());
+    println!("n3's disk: store at {saved}, log compacted to {log_base} ending at {log_last}");
+    // The disk syncs again from the restart on (the replica's first job compacts the log to
+    // the store's position).
     bench.auto_sync.insert(2);
+    bench.start(2);
     // n1 brings n3 up to date from the snapshot on; the writes must land on its log.
     bench.run(20 * bench.opts.election_ticks as usize);
     let (primary, n3) = (bench.node(0).status(), bench.node(2).status());

@@ -1,25 +1,31 @@
-//! The disk of one simulated server: what is durable, what is only written, and the
-//! messages that wait for a sync.
+//! The disk of one simulated server: what is durable, and the jobs not yet synced.
 //!
-//! The model follows the storage worker (`src/server/persist.rs`): jobs are carried out in
-//! the driver's order; a sync makes every job so far durable at once (group commit), reports
-//! how far the log is durable, and only then lets the waiting messages leave. A crash keeps
-//! the durable state plus a prefix of the jobs not yet synced (the tail of a log file that
-//! the OS happened to flush), and loses every waiting message.
+//! The model follows the storage worker (`src/server/persist.rs`): the replica's jobs are
+//! carried out in its order; a sync makes every job so far durable at once (group commit)
+//! and reports what became durable, with the count of jobs done, which is what releases the
+//! messages the replica holds back. A crash keeps the durable state plus a prefix of the
+//! jobs not yet synced (the tail of a log file that the OS happened to flush, a store
+//! transaction that committed), and the replica with everything it held is gone.
 //!
-//! A disk holds two files, as a data dir does:
+//! A disk holds what a data dir does:
 //!
 //! | file | model | real |
 //! |---|---|---|
 //! | log | hard state, the base the log was compacted to, the entries after it | `LogStore`, replayed as `Recovered::apply` does (`src/storage/record.rs`) |
-//! | snapshot | the encoded snapshot (meta, application state, checksum), replaced whole | `save_snapshot` (`src/storage/snapshot.rs`) |
+//! | store | the application's tables and the position they stand at, changed only by whole flushes and swaps | `RedbStore` (`src/storage/store.rs`) |
+//! | received store | a store received whole from the primary, kept until swapped in | `IncomingStore` |
 //!
-//! Saving a snapshot is a job in the same queue as the writes, as in the worker: whatever
-//! was queued before it is durable first, and whatever is queued after it finds it on disk.
-//! A server's own snapshot is followed by the compaction of its log and a report back to
-//! the node, which only then drops the entries (`Job::Snapshot { compact: true }`).
+//! The replica reads the store through a [`SimStore`] handle on the same tables, as the
+//! server's replica reads the redb file the worker writes.
 
-use crate::replication::{Entry, Envelope, HardState, Index, SnapshotMeta, Term, Write};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::app::{ClientRecord, Counters, MemTables, MessageRecord, Tables};
+use crate::error::Result as StoreResult;
+use crate::replica::{Job, Persisted, Store, StoreMeta, StoreWrite};
+use crate::replication::{Entry, HardState, Index, SnapshotMeta, Write, retain_after};
 
 /// The log file's contents: what `LogStore::open` recovers from it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,15 +75,7 @@ impl LogFile {
                 if meta.index <= self.base.index {
                     return Ok(());
                 }
-                let held = self
-                    .entries
-                    .get((meta.index - self.base.index - 1) as usize);
-                if held.is_some_and(|e| e.term == meta.term) {
-                    self.entries
-                        .drain(..(meta.index - self.base.index) as usize);
-                } else {
-                    self.entries.clear();
-                }
+                retain_after(self.base.index, &mut self.entries, meta);
                 self.base = meta.clone();
             }
         }
@@ -85,62 +83,109 @@ impl LogFile {
     }
 }
 
-/// A saved snapshot file: the bytes of `storage::Snapshot::encode`, and what it covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotFile {
-    pub meta: SnapshotMeta,
-    pub bytes: Vec<u8>,
-}
-
-/// Everything that survives a crash.
+/// A store's contents: its tables and the position they stand at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Durable {
-    pub log: LogFile,
-    pub snapshot: Option<SnapshotFile>,
+pub struct StoreFile {
+    pub meta: StoreMeta,
+    pub tables: MemTables,
 }
 
-/// One job for the disk, in the driver's order.
+/// The store as the replica reads it: the durable store file itself (writes reach it only
+/// when a sync carries out a flush, whole).
+#[derive(Clone, Default)]
+pub struct SimStore(Rc<RefCell<StoreFile>>);
+
+impl SimStore {
+    /// A copy of what the store holds now.
+    pub fn contents(&self) -> StoreFile {
+        self.0.borrow().clone()
+    }
+
+    fn replace(&self, file: StoreFile) {
+        *self.0.borrow_mut() = file;
+    }
+}
+
+impl Tables for SimStore {
+    fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
+        self.0.borrow().tables.client(client_id)
+    }
+
+    fn user(&self, username: &str) -> StoreResult<Option<String>> {
+        self.0.borrow().tables.user(username)
+    }
+
+    fn message(&self, index: u64) -> StoreResult<Option<MessageRecord>> {
+        self.0.borrow().tables.message(index)
+    }
+
+    fn messages(&self, from: u64, limit: u64) -> StoreResult<Vec<(u64, MessageRecord)>> {
+        self.0.borrow().tables.messages(from, limit)
+    }
+
+    fn clients(&self) -> StoreResult<Vec<(String, ClientRecord)>> {
+        self.0.borrow().tables.clients()
+    }
+
+    fn users(&self) -> StoreResult<Vec<(String, String)>> {
+        self.0.borrow().tables.users()
+    }
+
+    fn counters(&self) -> Counters {
+        self.0.borrow().meta.counters
+    }
+}
+
+impl Store for SimStore {
+    fn meta(&self) -> StoreResult<StoreMeta> {
+        Ok(self.0.borrow().meta.clone())
+    }
+}
+
+impl StoreWrite for SimStore {
+    fn write(&self, meta: &StoreMeta, changes: &MemTables) -> StoreResult<()> {
+        let mut file = self.0.borrow_mut();
+        file.tables.overwrite_with(changes);
+        file.tables.counters = meta.counters;
+        file.meta = meta.clone();
+        Ok(())
+    }
+}
+
+/// One job for the disk, in the replica's order.
 #[derive(Clone, Debug)]
-enum Job {
-    Write(Write),
-    /// Replace the snapshot file (atomic: a crash leaves the old one or the new one).
-    SaveSnapshot(SnapshotFile),
-    /// Our own snapshot up to here is saved: compact the log and tell the node.
-    CompactOwn(SnapshotMeta),
+enum DiskJob {
+    Log(Vec<Write>),
+    Flush(StoreMeta, Arc<MemTables>),
+    /// Swap in this received store (the driver names the file).
+    Install(StoreFile),
 }
 
 /// One server's disk.
 pub struct Storage {
-    durable: Durable,
+    log: LogFile,
+    store: SimStore,
     /// Queued in this order since the last sync, not yet durable.
-    unsynced: Vec<Job>,
-    /// Messages that may leave only once `unsynced` is durable.
-    waiting: Vec<Envelope>,
+    unsynced: Vec<DiskJob>,
+    /// Jobs carried out since the replica started (what a sync reports).
+    jobs_done: u64,
     /// The log as written (durable plus unsynced): the same entries as the node's own log,
-    /// which is what the checks inspect when the node becomes primary. Its base may be ahead
-    /// of the node's while an own compaction waits for its sync.
+    /// which is what the checks inspect when the node becomes primary.
     written: LogFile,
-}
-
-/// What the storage worker tells the driver, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Persisted {
-    /// The log is durable up to this entry: for `Node::persisted`.
-    Log(Index, Term),
-    /// Our own snapshot is saved and the log compacted up to this index: for `Node::compact`.
-    Compacted(Index),
 }
 
 /// What a sync did.
 pub struct Synced {
-    /// What the node is told, in the order the worker would report it.
-    pub reports: Vec<Persisted>,
-    /// The messages released by the sync, in the order the core produced them.
-    pub released: Vec<Envelope>,
+    /// What the replica is told.
+    pub report: Persisted,
+    /// The store's contents after each flush or swap the sync carried out (for the checks).
+    pub stores: Vec<(&'static str, StoreFile)>,
+    /// Log compactions carried out.
+    pub compactions: u64,
 }
 
 impl Storage {
-    /// A disk holding `hard_state` and `log` (from index 1), all durable, and no snapshot.
+    /// A disk holding `hard_state` and `log` (from index 1), all durable, and an empty store.
     pub fn new(hard_state: HardState, log: Vec<Entry>) -> Storage {
         let log = LogFile {
             hard_state,
@@ -149,27 +194,25 @@ impl Storage {
         };
         Storage {
             written: log.clone(),
-            durable: Durable {
-                log,
-                snapshot: None,
-            },
+            log,
+            store: SimStore::default(),
             unsynced: Vec::new(),
-            waiting: Vec::new(),
+            jobs_done: 0,
         }
     }
 
-    /// The durable state, as a restarted server reads it back.
-    pub fn durable(&self) -> &Durable {
-        &self.durable
+    /// The durable log, as a restarted server reads it back.
+    pub fn durable_log(&self) -> &LogFile {
+        &self.log
     }
 
-    pub fn durable_term(&self) -> Term {
-        self.durable.log.hard_state.term
+    /// The store, as the replica reads it.
+    pub fn store(&self) -> SimStore {
+        self.store.clone()
     }
 
-    /// The snapshot file on disk now (what a primary streams to a backup).
-    pub fn saved_snapshot(&self) -> Option<&SnapshotFile> {
-        self.durable.snapshot.as_ref()
+    pub fn durable_term(&self) -> crate::replication::Term {
+        self.log.hard_state.term
     }
 
     /// The log as written so far, durable or not.
@@ -181,225 +224,105 @@ impl Storage {
         !self.unsynced.is_empty()
     }
 
-    /// Appends a write. Fails if the real store would refuse it (a gap, entries at or before
-    /// the base), which no correct core asks for.
-    pub fn write(&mut self, write: Write) -> Result<(), String> {
-        self.written.apply(&write)?;
-        self.unsynced.push(Job::Write(write));
+    /// Queues a job of the replica. Fails if the real store would refuse it (a log write
+    /// with a gap, or at or before the base), which no correct replica asks for. An
+    /// `Install` comes with the received store the driver keeps for it.
+    pub fn submit(&mut self, job: Job, received: Option<StoreFile>) -> Result<(), String> {
+        let job = match job {
+            Job::Log(writes) => {
+                for write in &writes {
+                    self.written.apply(write)?;
+                }
+                DiskJob::Log(writes)
+            }
+            Job::Flush { meta, changes } => DiskJob::Flush(meta, changes),
+            Job::Install { meta } => {
+                let Some(file) = received else {
+                    return Err("a store to install without a received one".to_string());
+                };
+                if file.meta != meta {
+                    return Err(format!(
+                        "installing {:?} from a received store at {:?}",
+                        meta.position, file.meta.position
+                    ));
+                }
+                DiskJob::Install(file)
+            }
+        };
+        self.unsynced.push(job);
         Ok(())
     }
 
-    /// Queues the saving of a snapshot received from the primary; the node's `Compact`
-    /// follows as a write of its own.
-    pub fn save_snapshot(&mut self, snapshot: SnapshotFile) {
-        self.unsynced.push(Job::SaveSnapshot(snapshot));
-    }
-
-    /// Queues the saving of our own snapshot, then the compaction of the log up to it.
-    pub fn save_own_snapshot(&mut self, snapshot: SnapshotFile) {
-        let meta = snapshot.meta.clone();
-        self.written
-            .apply(&Write::Compact(meta.clone()))
-            .expect("a compaction always applies");
-        self.unsynced.push(Job::SaveSnapshot(snapshot));
-        self.unsynced.push(Job::CompactOwn(meta));
-    }
-
-    /// Holds a message until the jobs before it are durable. With nothing unsynced it may
-    /// leave at once, which is returned.
-    pub fn send_after_writes(&mut self, envelope: Envelope) -> Option<Envelope> {
-        if self.unsynced.is_empty() {
-            return Some(envelope);
-        }
-        self.waiting.push(envelope);
-        None
-    }
-
-    /// Makes every job durable and releases the messages that waited for them. As the
-    /// worker does, the log reported durable before a compaction is reported before it.
+    /// Makes every job durable, as the worker does, and reports it.
     pub fn sync(&mut self) -> Synced {
-        let mut reports = Vec::new();
-        let mut log = None;
+        let mut report = Persisted::default();
+        let mut stores = Vec::new();
+        let mut compactions = 0;
         for job in std::mem::take(&mut self.unsynced) {
-            if let Job::Write(Write::Entries(entries)) = &job {
-                let last = entries.last().expect("the core never writes no entries");
-                log = Some(Persisted::Log(last.index, last.term));
+            match &job {
+                DiskJob::Log(writes) => {
+                    for write in writes {
+                        match write {
+                            Write::Entries(entries) => {
+                                let last =
+                                    entries.last().expect("the core never writes no entries");
+                                report.log = Some((last.index, last.term));
+                            }
+                            Write::HardState(state) => report.term = Some(state.term),
+                            Write::Compact(_) => compactions += 1,
+                        }
+                    }
+                }
+                DiskJob::Flush(meta, _) => report.flushed = Some(meta.position.index),
+                DiskJob::Install(_) => report.installed = true,
             }
-            if let Job::CompactOwn(meta) = &job {
-                reports.extend(log.take());
-                reports.push(Persisted::Compacted(meta.index));
-            }
+            let what = match &job {
+                DiskJob::Log(_) => None,
+                DiskJob::Flush(..) => Some("flushed"),
+                DiskJob::Install(_) => Some("installed"),
+            };
             self.carry_out(job);
+            if let Some(what) = what {
+                stores.push((what, self.store.contents()));
+            }
         }
-        reports.extend(log);
+        report.jobs = self.jobs_done;
         Synced {
-            reports,
-            released: std::mem::take(&mut self.waiting),
+            report,
+            stores,
+            compactions,
         }
     }
 
-    /// A crash: the first `keep` unsynced jobs reach the disk after all, the rest and every
-    /// waiting message are lost. Returns how many unsynced jobs there were.
+    /// A crash: the first `keep` unsynced jobs reach the disk after all, the rest are lost.
+    /// Returns how many unsynced jobs there were.
     pub fn crash(&mut self, keep: impl FnOnce(usize) -> usize) -> usize {
         let unsynced = std::mem::take(&mut self.unsynced);
         let total = unsynced.len();
         for job in unsynced.into_iter().take(keep(total)) {
             self.carry_out(job);
         }
-        self.waiting.clear();
-        self.written = self.durable.log.clone();
+        self.written = self.log.clone();
+        // The next replica counts its jobs from its own start.
+        self.jobs_done = 0;
         total
     }
 
-    fn carry_out(&mut self, job: Job) {
+    fn carry_out(&mut self, job: DiskJob) {
         match job {
-            Job::Write(write) => self
-                .durable
-                .log
-                .apply(&write)
-                .expect("a write accepted once applies to the durable log as well"),
-            Job::SaveSnapshot(snapshot) => self.durable.snapshot = Some(snapshot),
-            Job::CompactOwn(meta) => self
-                .durable
-                .log
-                .apply(&Write::Compact(meta))
-                .expect("a compaction always applies"),
+            DiskJob::Log(writes) => {
+                for write in &writes {
+                    self.log
+                        .apply(write)
+                        .expect("a write accepted once applies to the durable log as well");
+                }
+            }
+            DiskJob::Flush(meta, changes) => self
+                .store
+                .write(&meta, &changes)
+                .expect("the simulated store never fails"),
+            DiskJob::Install(file) => self.store.replace(file),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::replication::{Message, Payload};
-
-    fn entry(index: Index, term: Term) -> Entry {
-        Entry {
-            term,
-            index,
-            payload: Payload::Noop,
-        }
-    }
-
-    fn envelope() -> Envelope {
-        Envelope {
-            from: "n1".to_string(),
-            to: "n2".to_string(),
-            term: 1,
-            message: Message::AppendAccepted { match_index: 2 },
-        }
-    }
-
-    fn meta(index: Index, term: Term) -> SnapshotMeta {
-        SnapshotMeta {
-            index,
-            term,
-            members: vec!["n1".to_string()],
-        }
-    }
-
-    fn snapshot(index: Index, term: Term) -> SnapshotFile {
-        SnapshotFile {
-            meta: meta(index, term),
-            bytes: vec![index as u8],
-        }
-    }
-
-    /// Contract of the driver: a message that follows a write leaves only once the write is
-    /// durable; a crash before the sync loses both the unsynced tail and the message.
-    #[test]
-    fn gated_message_leaves_after_the_sync_and_dies_in_a_crash() {
-        let mut disk = Storage::new(HardState::default(), vec![entry(1, 0)]);
-        assert!(
-            disk.send_after_writes(envelope()).is_some(),
-            "nothing to wait for"
-        );
-        disk.write(Write::Entries(vec![entry(2, 1)])).unwrap();
-        assert!(disk.send_after_writes(envelope()).is_none());
-        let synced = disk.sync();
-        assert_eq!(synced.reports, vec![Persisted::Log(2, 1)]);
-        assert_eq!(synced.released, vec![envelope()]);
-
-        disk.write(Write::Entries(vec![entry(2, 2), entry(3, 2)]))
-            .unwrap();
-        disk.send_after_writes(envelope());
-        assert_eq!(disk.written().entries.len(), 3);
-        disk.crash(|_| 0);
-        assert_eq!(disk.durable().log.entries, vec![entry(1, 0), entry(2, 1)]);
-        assert_eq!(disk.written().entries, vec![entry(1, 0), entry(2, 1)]);
-        assert!(
-            disk.sync().released.is_empty(),
-            "the waiting message was lost"
-        );
-    }
-
-    /// A write past the end of the log is refused rather than stored with a gap, and so is
-    /// one at or before the compacted base.
-    #[test]
-    fn write_with_a_gap_or_before_the_base_is_refused() {
-        let mut disk = Storage::new(HardState::default(), vec![entry(1, 0)]);
-        assert!(disk.write(Write::Entries(vec![entry(3, 1)])).is_err());
-        disk.write(Write::Entries(vec![entry(2, 1), entry(3, 1)]))
-            .unwrap();
-        disk.save_own_snapshot(snapshot(2, 1));
-        assert!(disk.write(Write::Entries(vec![entry(2, 2)])).is_err());
-        assert!(disk.write(Write::Entries(vec![entry(4, 2)])).is_ok());
-    }
-
-    /// `Recovered::apply`'s rule: a compaction keeps the entries after its index only if the
-    /// log holds that index with the snapshot's term.
-    #[test]
-    fn compaction_keeps_only_an_agreeing_suffix() {
-        let log = vec![entry(1, 0), entry(2, 1), entry(3, 1)];
-        let mut agreeing = Storage::new(HardState::default(), log.clone());
-        agreeing.write(Write::Compact(meta(2, 1))).unwrap();
-        assert_eq!(agreeing.written().entries, vec![entry(3, 1)]);
-        assert_eq!(agreeing.written().last_index(), 3);
-
-        let mut conflicting = Storage::new(HardState::default(), log);
-        conflicting.write(Write::Compact(meta(2, 5))).unwrap();
-        assert!(conflicting.written().entries.is_empty());
-        assert_eq!(conflicting.written().last_index(), 2);
-        conflicting.write(Write::Compact(meta(1, 0))).unwrap();
-        assert_eq!(
-            conflicting.written().base,
-            meta(2, 5),
-            "an older one is a no-op"
-        );
-    }
-
-    /// The worker's order for an own snapshot: what was queued before it is durable and
-    /// reported first, then the snapshot is saved, the log compacted and that reported; a
-    /// crash keeps a prefix, so the snapshot file may be newer than the log's base but never
-    /// older.
-    #[test]
-    fn own_snapshot_is_saved_before_the_compaction_and_reported_after_it() {
-        let mut disk = Storage::new(HardState::default(), vec![entry(1, 0)]);
-        disk.write(Write::Entries(vec![entry(2, 1), entry(3, 1)]))
-            .unwrap();
-        disk.save_own_snapshot(snapshot(3, 1));
-        disk.write(Write::Entries(vec![entry(4, 1)])).unwrap();
-        assert_eq!(disk.written().base.index, 3);
-        assert_eq!(disk.durable().log.base.index, 0, "nothing durable yet");
-        let synced = disk.sync();
-        assert_eq!(
-            synced.reports,
-            vec![
-                Persisted::Log(3, 1),
-                Persisted::Compacted(3),
-                Persisted::Log(4, 1)
-            ]
-        );
-        assert_eq!(disk.durable().log.entries, vec![entry(4, 1)]);
-        assert_eq!(disk.saved_snapshot(), Some(&snapshot(3, 1)));
-
-        // Saved, then the crash: the snapshot file is ahead of the log's base.
-        disk.write(Write::Entries(vec![entry(5, 1), entry(6, 1)]))
-            .unwrap();
-        disk.save_own_snapshot(snapshot(6, 1));
-        disk.crash(|total| total - 1);
-        assert_eq!(disk.saved_snapshot(), Some(&snapshot(6, 1)));
-        assert_eq!(disk.durable().log.base.index, 3);
-        assert_eq!(disk.written().last_index(), 6);
+        self.jobs_done += 1;
     }
 }

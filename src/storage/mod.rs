@@ -1,29 +1,32 @@
-//! Durable storage in the data directory (`--data-dir`): the replication log and the server's
-//! identity.
+//! Durable storage in the data directory (`--data-dir`): the replication log, the
+//! application's store, the server's identity and the format of the whole.
 //!
-//! The replication core does no I/O. It hands the driver [`Write`](crate::replication::Write)s
-//! (a new term and vote, or entries to append after dropping a conflicting suffix) and holds
-//! back every message that depends on them until the driver reports them durable. This module
-//! is where "durable" happens: the driver appends each write with [`LogStore::write`], then
-//! calls [`LogStore::sync`] once for the whole batch (group commit), and only then lets the
-//! dependent messages go.
+//! The replica does no I/O. It hands the storage worker jobs in order: log writes (a new
+//! term and vote, entries to append after dropping a conflicting suffix, a compaction),
+//! flushes of applied changes to the store, and the swap of a store received whole. The
+//! worker carries them out here: [`LogStore::write`] for each log write and one
+//! [`LogStore::sync`] for all that were queued together (group commit); one durable
+//! transaction per flush in [`RedbStore`]; and [`RedbStore::install_incoming`]. The worker
+//! reports what is done; the replica releases the messages that waited for it.
 //!
 //! Layout of the data directory:
 //!
-//! | file       | contents                                          | written by          |
-//! |------------|---------------------------------------------------|---------------------|
-//! | `log`      | every write since the last compaction, in order,  | [`LogStore`]        |
-//! |            | as checksummed records                            |                     |
-//! | `log.tmp`  | a compacted log being built (removed at start)    | [`LogStore`]        |
-//! | `identity` | the server's advertised address                   | [`save_identity`]   |
-//! | `snapshot` | the applied state up to some index, checksummed   | [`save_snapshot`]   |
+//! | file               | contents                                          | written by       |
+//! |--------------------|---------------------------------------------------|------------------|
+//! | `format`           | the data dir's format version                     | [`check_format`] |
+//! | `log`              | every log write since the last compaction, in     | [`LogStore`]     |
+//! |                    | order, as checksummed records                     |                  |
+//! | `log.tmp`          | a compacted log being built (removed at start)    | [`LogStore`]     |
+//! | `store`            | the application's tables at an applied index      | [`RedbStore`]    |
+//! | `store.incoming.*` | a store being received from the primary           | [`IncomingStore`]|
+//! | `identity`         | the server's advertised address                   | [`save_identity`]|
 //!
-//! The log grows by appending until a snapshot lets the core compact it: the driver saves
-//! `snapshot` first, then writes [`Compact`](crate::replication::Write::Compact). The store
-//! then replaces `log` with a file holding only what is still live (the term and vote, the
-//! snapshot's index, term and configuration, and the entries after it), built in `log.tmp`
-//! and renamed over `log`, so a crash leaves one whole file or the other. After that write
-//! everything written so far is durable.
+//! The log grows by appending until the store durably holds enough of it; then the replica
+//! writes [`Compact`](crate::replication::Write::Compact), and the log store replaces `log`
+//! with a file holding only what is still live (the term and vote, the store's index, term
+//! and configuration, and the entries after it), built in `log.tmp` and renamed over
+//! `log`, so a crash leaves one whole file or the other. The log is never compacted beyond
+//! what the store holds durably.
 //!
 //! What is guaranteed, and what is not:
 //!
@@ -35,15 +38,18 @@
 //!   forgot a vote or an acknowledged entry could break the protocol's safety, so a wrong log
 //!   is worse than no server.
 
+mod format;
 mod identity;
 mod record;
 mod rewrite;
-mod snapshot;
+mod store;
+pub mod transfer;
 mod wal;
 
+pub use format::{FORMAT, check_format};
 pub use identity::{load_identity, save_identity};
 pub use record::{MAX_RECORD_LEN, Recovered};
-pub use snapshot::{Snapshot, load_snapshot, load_snapshot_bytes, save_snapshot};
+pub use store::{IncomingStore, ReadView, RedbStore};
 pub use wal::LogStore;
 
 use std::fs::File;
@@ -56,6 +62,20 @@ use crate::Error;
 /// the error knows which file to look at.
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     move |err| Error::Io(format!("{action} {}: {err}", path.display()))
+}
+
+/// Replaces `path` with `bytes` atomically and durably: written to a temporary file, synced,
+/// renamed over `path`, and the directory synced, so a crash leaves the old file or the new.
+fn atomic_write(path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("writing", &temp))?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(io_error("renaming to", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Makes the directory entries in `dir` durable. A newly created or renamed file is only

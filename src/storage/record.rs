@@ -34,7 +34,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::io_error;
-use crate::replication::{Entry, HardState, Index, SnapshotMeta, Write};
+use crate::replication::{Entry, HardState, Index, SnapshotMeta, Write, retain_after};
 use crate::{Error, Result};
 
 /// Identifies the file as ours, so that replay never reads some other file as a log.
@@ -85,16 +85,7 @@ impl Recovered {
                 if meta.index <= self.base.index {
                     return Ok(());
                 }
-                let held = meta
-                    .index
-                    .checked_sub(self.base.index + 1)
-                    .and_then(|i| self.entries.get(i as usize));
-                if held.is_some_and(|entry| entry.term == meta.term) {
-                    self.entries
-                        .drain(..(meta.index - self.base.index) as usize);
-                } else {
-                    self.entries.clear();
-                }
+                retain_after(self.base.index, &mut self.entries, &meta);
                 self.base = meta;
             }
         }

@@ -95,7 +95,7 @@ impl Server {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             fsync: true,
-            snapshot_every: 10_000,
+            compact_every: 10_000,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(config, listener, shutdown.clone()));

@@ -50,6 +50,9 @@ pub enum PlantedBug {
     CommitWithoutQuorum,
     /// Grant a vote to every up-to-date candidate, even after voting in the term.
     VoteTwicePerTerm,
+    /// After a restart, replay the log from its base although the store already holds
+    /// entries after it: those are applied a second time (the replica's bug, not the node's).
+    ReapplyAfterRecovery,
 }
 
 impl Default for Options {

@@ -1,0 +1,114 @@
+//! The application's tables in memory: ordered maps.
+//!
+//! Three uses: the changes a server applied since its last flush to the store (one such
+//! layer per flush on its way), the simulation's model of the embedded store, and the
+//! reference that tests and the simulation's checks replay committed entries into.
+
+use std::collections::BTreeMap;
+
+use super::records::{ClientRecord, Counters, MessageRecord};
+use super::tables::{Tables, TablesMut};
+use crate::error::Result;
+
+/// Tables as ordered maps. `BTreeMap` everywhere: iteration order is part of the answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemTables {
+    pub clients: BTreeMap<String, ClientRecord>,
+    pub users: BTreeMap<String, String>,
+    pub messages: BTreeMap<u64, MessageRecord>,
+    pub counters: Counters,
+}
+
+impl MemTables {
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.users.is_empty() && self.messages.is_empty()
+    }
+
+    /// Writes every record and the counters of `newer` over these tables.
+    pub fn overwrite_with(&mut self, newer: &MemTables) {
+        for (id, record) in &newer.clients {
+            self.clients.insert(id.clone(), record.clone());
+        }
+        for (name, hash) in &newer.users {
+            self.users.insert(name.clone(), hash.clone());
+        }
+        for (index, record) in &newer.messages {
+            self.messages.insert(*index, record.clone());
+        }
+        self.counters = newer.counters;
+    }
+
+    /// A copy of what any tables hold (for checks and tests; reads everything).
+    pub fn copy_of(tables: &impl Tables) -> Result<MemTables> {
+        Ok(MemTables {
+            clients: tables.clients()?.into_iter().collect(),
+            users: tables.users()?.into_iter().collect(),
+            messages: tables.messages(1, u64::MAX)?.into_iter().collect(),
+            counters: tables.counters(),
+        })
+    }
+}
+
+impl Tables for MemTables {
+    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
+        Ok(self.clients.get(client_id).cloned())
+    }
+
+    fn user(&self, username: &str) -> Result<Option<String>> {
+        Ok(self.users.get(username).cloned())
+    }
+
+    fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
+        Ok(self.messages.get(&index).cloned())
+    }
+
+    fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>> {
+        let take = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(self
+            .messages
+            .range(from.max(1)..)
+            .take(take)
+            .map(|(index, record)| (*index, record.clone()))
+            .collect())
+    }
+
+    fn clients(&self) -> Result<Vec<(String, ClientRecord)>> {
+        Ok(self
+            .clients
+            .iter()
+            .map(|(id, record)| (id.clone(), record.clone()))
+            .collect())
+    }
+
+    fn users(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .users
+            .iter()
+            .map(|(name, hash)| (name.clone(), hash.clone()))
+            .collect())
+    }
+
+    fn counters(&self) -> Counters {
+        self.counters
+    }
+}
+
+impl TablesMut for MemTables {
+    fn put_client(&mut self, client_id: &str, record: ClientRecord) {
+        self.clients.insert(client_id.to_string(), record);
+    }
+
+    fn put_user(&mut self, username: &str, password_hash: &str) {
+        self.users
+            .insert(username.to_string(), password_hash.to_string());
+    }
+
+    fn put_message(&mut self, index: u64, record: MessageRecord) {
+        self.messages.insert(index, record);
+    }
+
+    fn set_counters(&mut self, counters: Counters) {
+        self.counters = counters;
+    }
+}

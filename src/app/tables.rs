@@ -1,0 +1,37 @@
+//! What the application needs of a store: point reads, ordered scans, and writes.
+//!
+//! [`apply`](super::apply) is written against these traits only, so the same rules run on
+//! the in-memory tables ([`MemTables`](super::MemTables)), on the layers of recent changes
+//! over the embedded store that a server keeps, and on the simulation's model of that store.
+//! Reads return `Result` because a real store can fail to read its file; a store that fails
+//! stops the server rather than letting it guess.
+
+use super::records::{ClientRecord, Counters, MessageRecord};
+use crate::error::Result;
+
+/// Reading the application's tables.
+pub trait Tables {
+    /// The client with this id.
+    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>>;
+    /// The Argon2id PHC string of this user.
+    fn user(&self, username: &str) -> Result<Option<String>>;
+    /// The message with this index.
+    fn message(&self, index: u64) -> Result<Option<MessageRecord>>;
+    /// The messages with index >= `from` (at least 1), at most `limit`, in index order.
+    fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>>;
+    /// Every client, ordered by id.
+    fn clients(&self) -> Result<Vec<(String, ClientRecord)>>;
+    /// Every user, ordered by name.
+    fn users(&self) -> Result<Vec<(String, String)>>;
+    /// The counters.
+    fn counters(&self) -> Counters;
+}
+
+/// Writing them. Only `apply` writes, and it writes nothing for a refused request.
+pub trait TablesMut: Tables {
+    fn put_client(&mut self, client_id: &str, record: ClientRecord);
+    fn put_user(&mut self, username: &str, password_hash: &str);
+    /// Stores a new message; indexes come in order and are never written twice.
+    fn put_message(&mut self, index: u64, record: MessageRecord);
+    fn set_counters(&mut self, counters: Counters);
+}

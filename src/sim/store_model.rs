@@ -1,0 +1,238 @@
+//! The embedded store held against the simulation's model of it: the same flushes give the
+//! same answers, and a copy of the store's file taken at any moment while flushes are being
+//! written (what a crash leaves on disk) opens at a flush boundary and holds exactly the
+//! flushes up to it.
+//!
+//! The simulation's checks rest on its model of the store (`storage.rs`: a flush is whole or
+//! absent, reads see the last one); these tests are what ties that model to `RedbStore`.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::storage::SimStore;
+use crate::app::{Command, MemTables, Request, Tables, TablesMut, apply};
+use crate::replica::{Store, StoreMeta, StoreWrite};
+use crate::replication::SnapshotMeta;
+use crate::storage::RedbStore;
+
+/// Tables that record every write, so a flush carries exactly what changed.
+#[derive(Default)]
+struct Recording {
+    all: MemTables,
+    changes: MemTables,
+}
+
+impl Tables for Recording {
+    fn client(&self, id: &str) -> crate::Result<Option<crate::app::ClientRecord>> {
+        self.all.client(id)
+    }
+    fn user(&self, name: &str) -> crate::Result<Option<String>> {
+        self.all.user(name)
+    }
+    fn message(&self, index: u64) -> crate::Result<Option<crate::app::MessageRecord>> {
+        self.all.message(index)
+    }
+    fn messages(
+        &self,
+        from: u64,
+        limit: u64,
+    ) -> crate::Result<Vec<(u64, crate::app::MessageRecord)>> {
+        self.all.messages(from, limit)
+    }
+    fn clients(&self) -> crate::Result<Vec<(String, crate::app::ClientRecord)>> {
+        self.all.clients()
+    }
+    fn users(&self) -> crate::Result<Vec<(String, String)>> {
+        self.all.users()
+    }
+    fn counters(&self) -> crate::app::Counters {
+        self.all.counters
+    }
+}
+
+impl TablesMut for Recording {
+    fn put_client(&mut self, id: &str, record: crate::app::ClientRecord) {
+        self.all.put_client(id, record.clone());
+        self.changes.put_client(id, record);
+    }
+    fn put_user(&mut self, name: &str, hash: &str) {
+        self.all.put_user(name, hash);
+        self.changes.put_user(name, hash);
+    }
+    fn put_message(&mut self, index: u64, record: crate::app::MessageRecord) {
+        self.all.put_message(index, record.clone());
+        self.changes.put_message(index, record);
+    }
+    fn set_counters(&mut self, counters: crate::app::Counters) {
+        self.all.set_counters(counters);
+        self.changes.set_counters(counters);
+    }
+}
+
+/// A random request over a few clients and users: most are messages.
+fn random_request(rng: &mut ChaCha8Rng, seq: &mut u64) -> Request {
+    let client = format!("c{}", rng.random_range(0..6));
+    let user = format!("u{}", rng.random_range(0..4));
+    let command = match rng.random_range(0..10) {
+        0 => Command::InitClient {
+            client_id: client,
+            address: format!("127.0.0.1:{}", rng.random_range(9000..9100)),
+        },
+        1 => Command::Register {
+            username: user.clone(),
+            password_hash: format!("$argon2id$hash-{user}"),
+        },
+        2 => Command::Login {
+            client_id: client.clone(),
+            username: user,
+            token_hash: format!("token-{client}"),
+        },
+        3 => Command::Logout {
+            token_hash: format!("token-{client}"),
+            client_id: client,
+        },
+        _ => {
+            *seq += 1;
+            Command::Message {
+                token_hash: format!("token-{client}"),
+                client_id: client,
+                seq: *seq,
+                text: "x".repeat(rng.random_range(1..200)),
+            }
+        }
+    };
+    Request {
+        origin: "127.0.0.1:1".to_string(),
+        command,
+    }
+}
+
+/// `count` flushes of random requests, each with the meta it ends at, and the whole state
+/// after each (index k: after k flushes).
+fn flushes(seed: u64, count: usize) -> (Vec<(StoreMeta, MemTables)>, Vec<MemTables>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut tables = Recording::default();
+    let (mut seq, mut index) = (0, 0);
+    let mut out = Vec::new();
+    let mut states = vec![MemTables::default()];
+    for _ in 0..count {
+        for _ in 0..rng.random_range(1..40) {
+            index += 1;
+            apply(&mut tables, &random_request(&mut rng, &mut seq)).expect("memory");
+        }
+        let meta = StoreMeta {
+            position: SnapshotMeta {
+                index,
+                term: 1 + index / 50,
+                members: vec!["n1".to_string()],
+            },
+            counters: tables.all.counters,
+        };
+        let mut changes = std::mem::take(&mut tables.changes);
+        changes.counters = tables.all.counters;
+        out.push((meta, changes));
+        states.push(tables.all.clone());
+    }
+    (out, states)
+}
+
+/// Asks both stores the same questions and compares the answers.
+fn same_answers(real: &RedbStore, model: &SimStore, rng: &mut ChaCha8Rng) {
+    assert_eq!(real.meta().unwrap(), model.meta().unwrap());
+    assert_eq!(real.counters(), model.counters());
+    for _ in 0..20 {
+        let client = format!("c{}", rng.random_range(0..8));
+        assert_eq!(
+            real.client(&client).unwrap(),
+            model.client(&client).unwrap()
+        );
+        let user = format!("u{}", rng.random_range(0..6));
+        assert_eq!(real.user(&user).unwrap(), model.user(&user).unwrap());
+        let index = rng.random_range(0..model.counters().messages + 3);
+        assert_eq!(real.message(index).unwrap(), model.message(index).unwrap());
+        let (from, limit) = (rng.random_range(0..index + 2), rng.random_range(1..30));
+        assert_eq!(
+            real.messages(from, limit).unwrap(),
+            model.messages(from, limit).unwrap()
+        );
+    }
+    assert_eq!(real.clients().unwrap(), model.clients().unwrap());
+    assert_eq!(real.users().unwrap(), model.users().unwrap());
+}
+
+/// The same flushes give the same answers from the real store and from the model, after
+/// every flush and after a reopen.
+#[test]
+fn the_real_store_answers_as_the_model_does() {
+    for seed in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let real = RedbStore::open(dir.path()).unwrap();
+        let model = SimStore::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+        same_answers(&real, &model, &mut rng);
+        let (flushes, _) = flushes(seed, 40);
+        for (meta, changes) in &flushes {
+            real.write(meta, changes).unwrap();
+            model.write(meta, changes).unwrap();
+            same_answers(&real, &model, &mut rng);
+        }
+        drop(real);
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        same_answers(&reopened, &model, &mut rng);
+    }
+}
+
+/// What a crash leaves: copies of the store's file taken while flushes are being written
+/// (each copy is some state of the file between two of its writes) each open at a flush
+/// boundary k, and hold exactly the state after the first k flushes: a flush is all there
+/// or not at all, and none is lost once the next one began.
+#[test]
+fn a_crash_at_any_moment_recovers_a_whole_prefix_of_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = RedbStore::open(dir.path()).unwrap();
+    let (flushes, states) = flushes(7, 300);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (real, flushes, written) = (real.clone(), flushes.clone(), written.clone());
+        std::thread::spawn(move || {
+            for (meta, changes) in &flushes {
+                real.write(meta, changes).unwrap();
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    // Copies spread over the whole run, each at whatever moment of a write it falls on.
+    let mut copies = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for n in 0..40 {
+        let target = n * flushes.len() / 40 + rng.random_range(0..3);
+        while written.load(std::sync::atomic::Ordering::SeqCst) < target && !writer.is_finished() {
+            std::thread::yield_now();
+        }
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join("store"), copy.path().join("store")).unwrap();
+        copies.push(copy);
+    }
+    writer.join().unwrap();
+    let mut boundaries = Vec::new();
+    for copy in &copies {
+        let store = RedbStore::open(copy.path()).expect("a crashed store opens");
+        let meta = store.meta().unwrap();
+        let k = flushes
+            .iter()
+            .position(|(m, _)| *m == meta)
+            .map_or(0, |p| p + 1);
+        assert!(
+            k > 0 || meta == StoreMeta::default(),
+            "opened at {meta:?}, which is no flush's"
+        );
+        assert_eq!(
+            MemTables::copy_of(&store).unwrap(),
+            states[k],
+            "the store at flush {k} holds another state than the first {k} flushes give"
+        );
+        boundaries.push(k);
+    }
+    println!("{} crash copies at flushes {boundaries:?}", copies.len());
+    assert!(!copies.is_empty());
+}
