@@ -9,9 +9,13 @@
 //!   pure `apply(command) -> outcome`.
 //! - the drivers around them: [`storage`] (the durable log), [`server`] (HTTP, peers,
 //!   timers), [`client`] (library and notification listener).
+//!
+//! Below all of them sit the error type ([`error`]), the wire types shared by server and
+//! client ([`api`]), and the atomic replacement of small files (`atomic_file`).
 
 pub mod api;
 pub mod app;
+mod atomic_file;
 pub mod client;
 pub mod error;
 pub mod replication;

@@ -4,19 +4,19 @@
 //! A snapshot is one file, `snapshot`: a magic header, the [`SnapshotMeta`] (which entries it
 //! covers and the configuration at that point), the application's state as opaque bytes, and
 //! a CRC32 over all of it. The same bytes travel to a backup, so the receiver checks exactly
-//! what the sender wrote. The file is replaced atomically (temporary file, fsync, rename,
-//! fsync of the directory): a crash leaves the old snapshot or the new one, never half.
+//! what the sender wrote. The file is replaced atomically (`crate::atomic_file`): a crash
+//! leaves the old snapshot or the new one, never half.
 
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::Path;
 
-use super::{create_dir_durable, io_error, sync_dir};
+use super::{create_dir_durable, io_error};
+use crate::atomic_file;
 use crate::replication::SnapshotMeta;
 use crate::{Error, Result};
 
 const SNAPSHOT_FILE: &str = "snapshot";
-const SNAPSHOT_TEMP_FILE: &str = "snapshot.tmp";
 const MAGIC: &[u8; 4] = b"USNP";
 const VERSION: u32 = 1;
 
@@ -105,15 +105,7 @@ impl<'a> Reader<'a> {
 /// durably.
 pub fn save_snapshot(dir: &Path, bytes: &[u8]) -> Result<()> {
     create_dir_durable(dir)?;
-    let temp = dir.join(SNAPSHOT_TEMP_FILE);
-    let path = dir.join(SNAPSHOT_FILE);
-    let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing", &temp))?;
-    drop(file);
-    fs::rename(&temp, &path).map_err(io_error("renaming into", &path))?;
-    sync_dir(dir)
+    atomic_file::replace(&dir.join(SNAPSHOT_FILE), bytes)
 }
 
 /// The encoded snapshot in `dir`, if there is one (checked).
