@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::api::NewPrimary;
+use crate::api::errors::{self, ErrorBody};
 use crate::error::Error;
 
 /// What one fake server does with client requests.
@@ -82,7 +83,10 @@ fn reply(status: u16, body: Value) -> Response {
 }
 
 fn fail(err: Error) -> Response {
-    reply(err.status(), serde_json::to_value(err.to_body()).unwrap())
+    reply(
+        errors::status(&err),
+        serde_json::to_value(ErrorBody::of(&err)).unwrap(),
+    )
 }
 
 async fn handle(
