@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::auth::{AUTH_HEADER, ClusterSecret};
-use crate::client::http::{HttpClient, Method};
+use super::auth::ClusterSecret;
+use super::peer_call::PeerPost;
+use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
 use crate::replication::{NodeId, Term};
 use crate::storage::{Snapshot, load_snapshot_bytes};
@@ -73,24 +73,10 @@ pub async fn send(
             total,
             data: data.to_vec(),
         };
-        let body = match postcard::to_stdvec(&chunk) {
-            Ok(body) => Bytes::from(body),
-            Err(_) => return,
+        let Ok(call) = PeerPost::postcard(SNAPSHOT_PATH, &chunk) else {
+            return;
         };
-        let headers = [
-            ("content-type", "application/octet-stream".to_string()),
-            (AUTH_HEADER, secret.sign("POST", SNAPSHOT_PATH, &body)),
-        ];
-        let result = http
-            .request_with_timeout(
-                Method::POST,
-                &to,
-                SNAPSHOT_PATH,
-                &headers,
-                Some(body),
-                CHUNK_TIMEOUT,
-            )
-            .await;
+        let result = call.send(&http, &secret, &to, CHUNK_TIMEOUT).await;
         match result {
             Ok(response) if response.is_success() => {}
             Ok(response) => {
