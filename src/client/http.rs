@@ -382,21 +382,46 @@ mod tests {
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     }
 
-    /// A server that accepts but never answers is cut off by the timeout.
+    /// A server that accepts a request but never answers is cut off by the client's
+    /// timeout: the call ends `Unavailable` while the server still holds the connection.
+    /// Once the request has arrived the clock is paused, so the timeout passes in virtual
+    /// time; a client without one would hit the test's own (virtual) bound instead.
     #[tokio::test]
     async fn a_silent_server_times_out() {
+        use tokio::io::AsyncReadExt;
+
+        const TIMEOUT: Duration = Duration::from_secs(60);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let (arrived, request_arrived) = tokio::sync::oneshot::channel();
         let hold = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut buf = [0; 1024];
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client hung up before sending its request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            arrived.send(()).unwrap();
+            // Never answers, never closes.
+            std::future::pending::<()>().await;
             drop(socket);
         });
-        let client = HttpClient::with_timeout(Duration::from_millis(200));
-        let started = std::time::Instant::now();
-        let err = client.get(&addr, "/status", &[]).await.unwrap_err();
-        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        let client = HttpClient::with_timeout(TIMEOUT);
+        let call = tokio::spawn(async move { client.get(&addr, "/status", &[]).await });
+        request_arrived.await.unwrap();
+
+        tokio::time::pause();
+        let outcome = tokio::time::timeout(2 * TIMEOUT, call)
+            .await
+            .expect("the client waited past its own timeout");
+        let err = outcome.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("did not answer within 60000 ms")),
+            "{err:?}"
+        );
+        assert!(!hold.is_finished(), "the server still holds the connection");
         hold.abort();
     }
 
