@@ -1,5 +1,8 @@
 //! The JSON bodies of the public HTTP interface (CONTRACT.md), shared by the server and the
 //! client library so that both ends agree on every field, plus the bounds on each field.
+//! How errors are answered, and read back, is in [`errors`].
+
+pub mod errors;
 
 use serde::{Deserialize, Serialize};
 

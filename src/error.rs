@@ -1,10 +1,8 @@
 //! The one error type of the library.
 //!
-//! Every variant has a meaning a caller can act on; the HTTP layer maps each to exactly one
-//! status code and `error` code (see `server::response`), and the client library maps an
-//! error answer back to the same variant, so both ends speak the same vocabulary.
-
-use serde::{Deserialize, Serialize};
+//! Every variant has a meaning a caller can act on. How a variant travels between server
+//! and client is the wire layer's business ([`crate::api::errors`]), not this type's: the
+//! core, the storage and the application use it without knowing there is a network.
 
 /// Errors of understudy. `Err` is for what the environment or a caller can cause; a broken
 /// internal invariant is an `assert!`, not an `Error`.
@@ -64,42 +62,7 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// The snake_case code that goes into the `error` field of an error answer.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::BadRequest(_) => "bad_request",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
-            Error::NotFound(_) => "not_found",
-            Error::MethodNotAllowed => "method_not_allowed",
-            Error::Conflict(_) => "conflict",
-            Error::PayloadTooLarge => "payload_too_large",
-            Error::TooManyRequests { .. } => "too_many_requests",
-            Error::NotPrimary { .. } => "not_primary",
-            Error::NoPrimary => "no_primary",
-            Error::Unavailable(_) => "unavailable",
-            Error::Io(_) | Error::Corrupt(_) | Error::Internal(_) => "internal",
-        }
-    }
-
-    /// The HTTP status code that goes with the error.
-    pub fn status(&self) -> u16 {
-        match self {
-            Error::BadRequest(_) => 400,
-            Error::Unauthorized(_) => 401,
-            Error::Forbidden(_) => 403,
-            Error::NotFound(_) => 404,
-            Error::MethodNotAllowed => 405,
-            Error::Conflict(_) => 409,
-            Error::PayloadTooLarge => 413,
-            Error::TooManyRequests { .. } => 429,
-            Error::NotPrimary { .. } => 307,
-            Error::NoPrimary | Error::Unavailable(_) => 503,
-            Error::Io(_) | Error::Corrupt(_) | Error::Internal(_) => 500,
-        }
-    }
-
-    /// The message for a person, without the code in front.
+    /// The message for a person, without the kind of error in front.
     pub fn detail(&self) -> String {
         match self {
             Error::BadRequest(m)
@@ -111,59 +74,4 @@ impl Error {
             other => other.to_string(),
         }
     }
-
-    /// The body of the error answer.
-    pub fn to_body(&self) -> ErrorBody {
-        ErrorBody {
-            error: self.code().to_string(),
-            message: self.detail(),
-            primary: match self {
-                Error::NotPrimary { primary } => Some(primary.clone()),
-                _ => None,
-            },
-            retry_after_ms: match self {
-                Error::NoPrimary => Some(1000),
-                Error::TooManyRequests { retry_after_secs } => Some(retry_after_secs * 1000),
-                _ => None,
-            },
-        }
-    }
-
-    /// Rebuilds the error from an error answer (the client library's side of `to_body`).
-    pub fn from_body(status: u16, body: &ErrorBody) -> Error {
-        let message = body.message.clone();
-        match body.error.as_str() {
-            "bad_request" => Error::BadRequest(message),
-            "unauthorized" => Error::Unauthorized(message),
-            "forbidden" => Error::Forbidden(message),
-            "not_found" => Error::NotFound(message),
-            "method_not_allowed" => Error::MethodNotAllowed,
-            "conflict" => Error::Conflict(message),
-            "payload_too_large" => Error::PayloadTooLarge,
-            "too_many_requests" => Error::TooManyRequests {
-                retry_after_secs: body.retry_after_ms.unwrap_or(1000).div_ceil(1000),
-            },
-            "not_primary" => match &body.primary {
-                Some(primary) => Error::NotPrimary {
-                    primary: primary.clone(),
-                },
-                None => Error::NoPrimary,
-            },
-            "no_primary" => Error::NoPrimary,
-            "unavailable" => Error::Unavailable(message),
-            _ => Error::Internal(format!("HTTP {status}: {message}")),
-        }
-    }
-}
-
-/// The JSON body of every error answer: `{"error": "<code>", "message": "<for a person>"}`,
-/// plus `primary` on `not_primary` and `retry_after_ms` where waiting helps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
 }

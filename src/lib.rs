@@ -12,9 +12,13 @@
 //!   entries to persist and entries to apply come out;
 //! - [`app`]: the replicated application (clients, users, sessions, the message board), a
 //!   pure `apply(tables, request) -> outcome`.
+//!
+//! Below all of them sit the error type ([`error`]), the wire types shared by server and
+//! client ([`api`]), and the atomic replacement of small files (`atomic_file`).
 
 pub mod api;
 pub mod app;
+mod atomic_file;
 pub mod client;
 pub mod error;
 pub mod replica;

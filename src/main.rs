@@ -13,11 +13,13 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "understudy", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
 }
 
+// The top-level subcommands, one module of `cli` each. (A plain comment: clap would take a
+// doc comment as help text.)
 #[derive(Subcommand, Debug)]
-enum Command {
+enum TopCommand {
     /// Run a server: start a new cluster, join one, or resume from the data dir.
     Server(cli::server::ServerArgs),
     /// Talk to a cluster as a client: register, log in, send and read messages.
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
     // Diagnostics go to stderr; stdout carries only what a command prints for its user (for a
     // server: one line per applied message).
     let default_level = match cli.command {
-        Command::Server(_) => "info",
+        TopCommand::Server(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -48,11 +50,11 @@ fn main() -> ExitCode {
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| match cli.command {
-            Command::Server(args) => runtime.block_on(cli::server::run(args)),
-            Command::Client(args) => runtime.block_on(cli::client::run(args)),
-            Command::Demo(args) => runtime.block_on(cli::demo::run(args)),
-            Command::Bench(args) => runtime.block_on(cli::bench::run(args)),
-            Command::Admin(args) => runtime.block_on(cli::admin::run(args)),
+            TopCommand::Server(args) => runtime.block_on(cli::server::run(args)),
+            TopCommand::Client(args) => runtime.block_on(cli::client::run(args)),
+            TopCommand::Demo(args) => runtime.block_on(cli::demo::run(args)),
+            TopCommand::Bench(args) => runtime.block_on(cli::bench::run(args)),
+            TopCommand::Admin(args) => runtime.block_on(cli::admin::run(args)),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,10 +30,15 @@ fn demo_runs_to_completion_and_shows_replication_and_failover() {
         );
     }
     // Every message line names the server that printed it; each of the 3 servers printed
-    // "hello 1 (before the failover)" (the restarted one twice: once per process).
+    // "hello 1 (before the failover)" once, and the restarted one again only if its store
+    // did not hold it yet when it was killed (it resumes from the store, not from the start
+    // of the log).
     let printed = stdout
         .lines()
         .filter(|l| l.contains("alice: hello 1 (before the failover)"))
         .count();
-    assert_eq!(printed, 4, "{stdout}");
+    assert!(
+        (3..=4).contains(&printed),
+        "printed {printed} times:\n{stdout}"
+    );
 }

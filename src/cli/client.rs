@@ -49,11 +49,13 @@ pub struct ClientArgs {
     json: bool,
 
     #[command(subcommand)]
-    command: Command,
+    command: ClientCommand,
 }
 
+// What `understudy client` does: one subcommand per call of the client library. (A plain
+// comment: clap would take a doc comment as the help text of `understudy client`.)
 #[derive(Subcommand, Debug)]
-enum Command {
+enum ClientCommand {
     /// Create a user.
     Register {
         username: String,
@@ -111,7 +113,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         args.servers.clone()
     };
     if servers.is_empty() {
-        if matches!(args.command, Command::Send { .. } | Command::Logout) {
+        if matches!(
+            args.command,
+            ClientCommand::Send { .. } | ClientCommand::Logout
+        ) {
             bail!(
                 "not logged in: run `understudy client --servers HOST:PORT login USERNAME` first"
             );
@@ -131,20 +136,20 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         json: args.json,
     };
     match args.command {
-        Command::Register { username, password } => {
+        ClientCommand::Register { username, password } => {
             let password = read_password(password)?;
             cli.register(&username, &password).await
         }
-        Command::Login { username, password } => {
+        ClientCommand::Login { username, password } => {
             let password = read_password(password)?;
             cli.login(&username, &password).await
         }
-        Command::Send { message } => cli.send(&message.join(" ")).await,
-        Command::Messages { from, limit } => cli.messages(from, limit).await,
-        Command::Status { server } => cli.status(server.as_deref()).await,
-        Command::Clients => cli.clients().await,
-        Command::Logout => cli.logout().await,
-        Command::Shell => cli.shell().await,
+        ClientCommand::Send { message } => cli.send(&message.join(" ")).await,
+        ClientCommand::Messages { from, limit } => cli.messages(from, limit).await,
+        ClientCommand::Status { server } => cli.status(server.as_deref()).await,
+        ClientCommand::Clients => cli.clients().await,
+        ClientCommand::Logout => cli.logout().await,
+        ClientCommand::Shell => cli.shell().await,
     }
 }
 
@@ -546,7 +551,7 @@ mod tests {
         .unwrap();
         assert_eq!(w.args.servers, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
         match w.args.command {
-            Command::Send { message } => assert_eq!(message.join(" "), "hello -world"),
+            ClientCommand::Send { message } => assert_eq!(message.join(" "), "hello -world"),
             other => panic!("{other:?}"),
         }
         let w = Wrapper::try_parse_from([
@@ -562,7 +567,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             w.args.command,
-            Command::Messages { from: 5, limit: 2 }
+            ClientCommand::Messages { from: 5, limit: 2 }
         ));
         assert!(Wrapper::try_parse_from(["x", "--servers", "a:1", "send"]).is_err());
     }

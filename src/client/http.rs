@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 
 pub use hyper::Method;
 
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::errors::{self, ErrorBody};
+use crate::error::{Error, Result};
 
 /// Default bound on one whole request: connect, send, wait, and read the answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -243,46 +244,33 @@ impl HttpResponse {
         }
     }
 
-    /// The [`Error`] a non-2xx answer stands for. Uses the contract's error body where there
-    /// is one; otherwise falls back on the status (and, for a 307, the `Location` header),
-    /// so a proxy's HTML error page still maps to something a caller can act on.
+    /// The [`Error`] a non-2xx answer stands for, by the wire layer's one mapping
+    /// ([`errors`]). Uses the contract's error body where there is one; otherwise falls back
+    /// on the status (and, for a 307, the `Location` header), so a proxy's HTML error page
+    /// still maps to something a caller can act on.
     pub fn error(&self) -> Error {
         match serde_json::from_slice::<ErrorBody>(&self.body) {
             Ok(mut body) => {
                 if body.error == "not_primary" && body.primary.is_none() {
                     body.primary = self.location_authority();
                 }
-                Error::from_body(self.status, &body)
+                body.to_error(self.status)
             }
-            Err(_) => self.error_from_status(),
+            Err(_) => errors::from_status(
+                self.status,
+                self.location_authority(),
+                self.retry_after_secs(),
+                preview(&self.body),
+            ),
         }
     }
 
-    fn error_from_status(&self) -> Error {
-        let text = preview(&self.body);
-        match self.status {
-            307 | 308 => match self.location_authority() {
-                Some(primary) => Error::NotPrimary { primary },
-                None => Error::NoPrimary,
-            },
-            400 => Error::BadRequest(text),
-            401 => Error::Unauthorized(text),
-            403 => Error::Forbidden(text),
-            404 => Error::NotFound(text),
-            405 => Error::MethodNotAllowed,
-            409 => Error::Conflict(text),
-            413 => Error::PayloadTooLarge,
-            429 => Error::TooManyRequests {
-                retry_after_secs: self
-                    .headers
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(1),
-            },
-            502..=504 => Error::Unavailable(format!("HTTP {}: {text}", self.status)),
-            status => Error::Internal(format!("HTTP {status}: {text}")),
-        }
+    /// The `Retry-After` header in seconds, if present and a number.
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// `HOST:PORT` of a `Location: http://HOST:PORT/...` header.
@@ -394,21 +382,46 @@ mod tests {
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     }
 
-    /// A server that accepts but never answers is cut off by the timeout.
+    /// A server that accepts a request but never answers is cut off by the client's
+    /// timeout: the call ends `Unavailable` while the server still holds the connection.
+    /// Once the request has arrived the clock is paused, so the timeout passes in virtual
+    /// time; a client without one would hit the test's own (virtual) bound instead.
     #[tokio::test]
     async fn a_silent_server_times_out() {
+        use tokio::io::AsyncReadExt;
+
+        const TIMEOUT: Duration = Duration::from_secs(60);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let (arrived, request_arrived) = tokio::sync::oneshot::channel();
         let hold = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut buf = [0; 1024];
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client hung up before sending its request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            arrived.send(()).unwrap();
+            // Never answers, never closes.
+            std::future::pending::<()>().await;
             drop(socket);
         });
-        let client = HttpClient::with_timeout(Duration::from_millis(200));
-        let started = std::time::Instant::now();
-        let err = client.get(&addr, "/status", &[]).await.unwrap_err();
-        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        let client = HttpClient::with_timeout(TIMEOUT);
+        let call = tokio::spawn(async move { client.get(&addr, "/status", &[]).await });
+        request_arrived.await.unwrap();
+
+        tokio::time::pause();
+        let outcome = tokio::time::timeout(2 * TIMEOUT, call)
+            .await
+            .expect("the client waited past its own timeout");
+        let err = outcome.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("did not answer within 60000 ms")),
+            "{err:?}"
+        );
+        assert!(!hold.is_finished(), "the server still holds the connection");
         hold.abort();
     }
 

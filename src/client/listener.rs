@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::errors::{self, ErrorBody};
 use crate::api::{MAX_BODY_BYTES, NewPrimary};
 use crate::error::{Error, Result};
 
@@ -152,8 +153,9 @@ fn accept(current: &mut Option<NewPrimary>, notification: NewPrimary) -> bool {
 }
 
 fn error_response(err: Error) -> Response {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(err.to_body())).into_response()
+    let status =
+        StatusCode::from_u16(errors::status(&err)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(ErrorBody::of(&err))).into_response()
 }
 
 #[cfg(test)]

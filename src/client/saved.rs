@@ -2,14 +2,14 @@
 //! `understudy client send` reads, so that consecutive commands act as one client.
 //!
 //! The file holds a bearer token, so it is written owner-only (0600, in a 0700 directory)
-//! and atomically (a temporary file in the same directory, synced, then renamed over the
-//! old one): a crash mid-write leaves the old session, never half a token.
+//! and atomically (`crate::atomic_file`): a crash mid-write leaves the old session, never
+//! half a token.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::error::{Error, Result};
 
 /// Everything needed to continue as the same client without a new `client/init`.
@@ -75,26 +75,20 @@ impl SavedSession {
 
     /// Writes the session atomically, readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |what: &str, err: std::io::Error| {
-            Error::Io(format!("cannot {what} {}: {err}", path.display()))
-        };
         let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
         };
-        create_private_dir(&dir).map_err(|err| io("create the directory of", err))?;
-        let json = serde_json::to_vec_pretty(self)
+        create_private_dir(dir).map_err(|err| {
+            Error::Io(format!(
+                "cannot create the directory of {}: {err}",
+                path.display()
+            ))
+        })?;
+        let mut json = serde_json::to_vec_pretty(self)
             .map_err(|err| Error::Internal(format!("cannot encode the session: {err}")))?;
-        // `NamedTempFile` creates the file with mode 0600 on Unix, so the token is never
-        // readable by others, not even for a moment.
-        let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(|err| io("write", err))?;
-        file.write_all(&json).map_err(|err| io("write", err))?;
-        file.write_all(b"\n").map_err(|err| io("write", err))?;
-        file.as_file().sync_all().map_err(|err| io("sync", err))?;
-        file.persist(path).map_err(|err| io("replace", err.error))?;
-        // The rename is durable only once the directory is synced.
-        sync_dir(&dir).map_err(|err| io("sync the directory of", err))?;
-        Ok(())
+        json.push(b'\n');
+        atomic_file::replace(path, &json)
     }
 
     /// Deletes a session file; no file is fine.
@@ -122,16 +116,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::api::NewPrimary;
+use crate::api::errors::{self, ErrorBody};
 use crate::error::Error;
 
 /// What one fake server does with client requests.
@@ -42,6 +44,8 @@ struct Board {
     messages: Vec<(String, String, u64, String)>,
     /// Every request seen: (server, path, content type, authorization).
     seen: Vec<(String, String, Option<String>, Option<String>)>,
+    /// Woken after each request is answered, for tests that wait for one ([`until_seen`]).
+    answered: Arc<Notify>,
 }
 
 struct Fake {
@@ -82,11 +86,44 @@ fn reply(status: u16, body: Value) -> Response {
 }
 
 fn fail(err: Error) -> Response {
-    reply(err.status(), serde_json::to_value(err.to_body()).unwrap())
+    reply(
+        errors::status(&err),
+        serde_json::to_value(ErrorBody::of(&err)).unwrap(),
+    )
 }
 
 async fn handle(
-    State((me, role, board)): State<Shared>,
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let answered = shared.2.lock().unwrap().answered.clone();
+    let response = respond(shared, method, uri, headers, body);
+    // Only once the answer is decided, so a test reacting to this request cannot change it.
+    answered.notify_waiters();
+    response
+}
+
+/// Waits until the requests the fake servers have answered satisfy `done`.
+async fn until_seen(board: &Arc<Mutex<Board>>, done: impl Fn(&Board) -> bool) {
+    let answered = board.lock().unwrap().answered.clone();
+    loop {
+        let next = answered.notified();
+        tokio::pin!(next);
+        // Registered before looking, so an answer in between is not missed.
+        next.as_mut().enable();
+        let seen = done(&board.lock().unwrap());
+        if seen {
+            return;
+        }
+        next.await;
+    }
+}
+
+fn respond(
+    (me, role, board): Shared,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -309,21 +346,40 @@ async fn a_message_whose_outcome_is_unknown_is_retried_with_the_same_seq() {
     assert_eq!(board.lock().unwrap().messages.len(), 3);
 }
 
-/// A dead primary (connection refused) makes the client try the next server; once that
-/// server is primary the same call succeeds.
+/// A dead primary (connection refused) makes the client try the next server; while that
+/// one has no primary yet the client keeps trying, and once it is primary the same call
+/// succeeds there.
 #[tokio::test]
 async fn a_dead_primary_is_replaced_by_the_next_server() {
-    let (_board, a, b) = pair().await;
+    let (board, a, b) = pair().await;
     let client = logged_in(vec![a.addr.clone(), b.addr.clone()]).await;
     assert_eq!(client.send("before").await.unwrap(), 1);
     a.stop.cancel();
     b.set(Role::Electing);
-    let b_role = b.role.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        *b_role.lock().unwrap() = Role::Primary;
+    let asked_b = {
+        let b = b.addr.clone();
+        move |board: &Board| {
+            board
+                .seen
+                .iter()
+                .filter(|s| s.0 == b && s.1 == "/client/demo-message")
+                .count()
+        }
+    };
+    // b wins its election only after it has turned the client away once.
+    let elected = tokio::spawn({
+        let (board, b_role, asked_b) = (board.clone(), b.role.clone(), asked_b.clone());
+        async move {
+            until_seen(&board, |board| asked_b(board) >= 1).await;
+            *b_role.lock().unwrap() = Role::Primary;
+        }
     });
     assert_eq!(client.send("after").await.unwrap(), 2);
+    elected.await.unwrap();
+    assert!(
+        asked_b(&board.lock().unwrap()) >= 2,
+        "refused, then accepted"
+    );
     assert_eq!(client.primary(), Some(b.addr.clone()));
     assert!(client.is_logged_in());
 }
@@ -365,8 +421,10 @@ async fn a_notification_switches_the_primary_at_once() {
     assert!(board.seen.iter().all(|s| s.0 == b.addr), "{:?}", board.seen);
 }
 
-/// A notification ends the wait for a primary that does not answer (a paused process)
-/// long before the request timeout.
+/// A notification ends the wait for a primary that does not answer (a paused process):
+/// the client drops the attempt and sends to the new primary at once. Without that, the
+/// attempt would only end with its request timeout, after `retry_for` has run out, and the
+/// send would fail.
 #[tokio::test]
 async fn a_notification_cuts_short_a_request_to_a_silent_primary() {
     let board = Arc::new(Mutex::new(Board::default()));
@@ -374,16 +432,19 @@ async fn a_notification_cuts_short_a_request_to_a_silent_primary() {
     // A "paused" primary: accepts connections, never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
+    let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
     let hold = tokio::spawn(async move {
         let mut sockets = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
             sockets.push(socket);
+            let _ = accepted.send(());
         }
     });
     let client = Client::connect(
         vec![b.addr.clone()],
         ClientOptions {
-            request_timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(20),
             ..options()
         },
     )
@@ -397,7 +458,11 @@ async fn a_notification_cuts_short_a_request_to_a_silent_primary() {
     let notify = tokio::spawn({
         let primary = b.addr.clone();
         async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The client's attempt is under way at the silent primary.
+            connections
+                .recv()
+                .await
+                .expect("the client reached the silent primary");
             HttpClient::new()
                 .post_json(
                     &listener,
@@ -409,19 +474,20 @@ async fn a_notification_cuts_short_a_request_to_a_silent_primary() {
                 .unwrap();
         }
     });
-    let started = std::time::Instant::now();
     assert_eq!(client.send("hi").await.unwrap(), 1);
-    assert!(started.elapsed() < Duration::from_secs(5));
     notify.await.unwrap();
+    assert_eq!(client.primary(), Some(b.addr.clone()));
+    assert_eq!(board.lock().unwrap().messages.len(), 1);
     hold.abort();
 }
 
-/// Errors that retrying cannot fix come back at once, typed.
+/// Errors that retrying cannot fix come back at once, typed: each call is asked exactly
+/// once, and what the client can check itself is never sent.
 #[tokio::test]
 async fn final_errors_are_returned_at_once() {
-    let (_board, a, _b) = pair().await;
+    let (board, a, _b) = pair().await;
     let client = logged_in(vec![a.addr.clone()]).await;
-    let started = std::time::Instant::now();
+    board.lock().unwrap().seen.clear();
     assert!(matches!(
         client.register("alice", "password1").await,
         Err(Error::Conflict(_))
@@ -434,39 +500,59 @@ async fn final_errors_are_returned_at_once() {
         client.send_with_seq(0, "x").await,
         Err(Error::Conflict(_))
     ));
-    assert!(started.elapsed() < Duration::from_secs(1));
     // Checked before sending: nothing invalid leaves the client.
     assert!(matches!(client.send("").await, Err(Error::BadRequest(_))));
     assert!(matches!(
         client.register("bad name", "password1").await,
         Err(Error::BadRequest(_))
     ));
+    let asked: Vec<String> = board
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| s.1.clone())
+        .collect();
+    assert_eq!(
+        asked,
+        ["/client/register", "/client/auth", "/client/demo-message"],
+        "one attempt each, and none for the invalid calls"
+    );
 }
 
-/// With no primary anywhere the client backs off, then gives up with the last error after
-/// `retry_for`.
+/// With no primary anywhere the client asks the servers in turn, waits out its backoff
+/// between attempts instead of asking again at once, and gives up with the last error when
+/// `retry_for` has run out. A backoff as long as `retry_for` leaves room for exactly one
+/// attempt after the first: the wait runs to the end of the bound. (How the backoff grows
+/// is `routing`'s `backoff_doubles_up_to_the_cap`.)
 #[tokio::test]
 async fn without_a_primary_the_client_gives_up_after_the_bound() {
     let board = Arc::new(Mutex::new(Board::default()));
     let a = start(&board, Role::Electing).await;
     let b = start(&board, Role::Electing).await;
-    let started = std::time::Instant::now();
+    let retry_for = Duration::from_secs(1);
     let err = Client::connect(
         vec![a.addr.clone(), b.addr.clone()],
         ClientOptions {
-            retry_for: Duration::from_millis(400),
+            retry_for,
+            backoff: Backoff {
+                initial: retry_for,
+                max: retry_for,
+            },
             ..options()
         },
     )
     .await
     .unwrap_err();
     assert_eq!(err, Error::NoPrimary);
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
-    // Backoff: 50 + 100 + 200 ms leaves room for only a handful of attempts.
-    let attempts = board.lock().unwrap().seen.len();
-    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    let asked: Vec<String> = board
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| s.0.clone())
+        .collect();
+    assert_eq!(asked, [a.addr.clone(), b.addr.clone()]);
 }
 
 /// Two backups that name each other as primary cannot trap the client in a tight loop.

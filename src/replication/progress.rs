@@ -20,12 +20,12 @@ pub struct Progress {
     probing: bool,
     /// Ticks since the backup last answered while appends were in flight.
     stalled_ticks: u32,
-    /// Whether the backup answered since the last quorum check.
-    pub recently_active: bool,
     /// A snapshot up to this index is on its way; no appends until the backup answers.
     snapshot: Option<Index>,
-    /// The primary's tick at which the backup last answered (see `Node::has_fresh_quorum`).
-    pub last_heard: u64,
+    /// The primary's tick at which the backup last answered, 0 before its first answer. The
+    /// one record of "answered recently": check-quorum asks whether it falls after the last
+    /// check, the refusal lease whether it falls within half an election timeout.
+    last_heard: u64,
 }
 
 impl Progress {
@@ -37,10 +37,19 @@ impl Progress {
             inflight: VecDeque::new(),
             probing: true,
             stalled_ticks: 0,
-            recently_active: true,
             snapshot: None,
             last_heard: 0,
         }
+    }
+
+    /// The backup answered (accepted or rejected) at the primary's tick `now`.
+    pub fn heard(&mut self, now: u64) {
+        self.last_heard = now;
+    }
+
+    /// The primary's tick at which the backup last answered (0 if it never did).
+    pub fn last_heard(&self) -> u64 {
+        self.last_heard
     }
 
     /// The backup needs the snapshot at `index`: returns whether to send it now (not if one
@@ -81,7 +90,6 @@ impl Progress {
 
     /// The backup accepted everything up to `index`. Returns whether `matched` advanced.
     pub fn accepted(&mut self, index: Index) -> bool {
-        self.recently_active = true;
         if self.snapshot.is_some_and(|snapshot| index >= snapshot) {
             self.snapshot = None;
         }
@@ -106,7 +114,6 @@ impl Progress {
     /// The backup rejected an append at `prev_index`; resume probing after `hint`.
     /// A stale rejection (of something already known to match) is ignored.
     pub fn rejected(&mut self, prev_index: Index, hint: Index) {
-        self.recently_active = true;
         // While a snapshot is on its way the backup rejects every heartbeat (it lacks what
         // they refer to); those rejections must not keep a lost snapshot from being resent.
         if self.snapshot.is_some() {

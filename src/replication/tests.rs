@@ -116,6 +116,20 @@ impl Cluster {
         to_n
     }
 
+    /// Ticks node `n` once and delivers what follows, losing every message to or from a
+    /// server other than `n` and those in `reachable`.
+    fn tick_reaching(&mut self, n: usize, reachable: &[usize]) {
+        self.node(n).tick();
+        self.drain(&id(n));
+        let in_reach =
+            |server: &NodeId| *server == id(n) || reachable.iter().any(|&r| *server == id(r));
+        while let Some(env) = self.queue.pop_front() {
+            if in_reach(&env.from) && in_reach(&env.to) {
+                self.deliver(env);
+            }
+        }
+    }
+
     /// Ticks node `n` until it is primary, delivering everything on the way.
     fn elect(&mut self, n: usize) {
         for _ in 0..100 {
@@ -354,6 +368,34 @@ fn removed_member_no_longer_counts_for_the_majority() {
         c.queue.iter().all(|e| e.to != id(3)),
         "n3 gets no more appends"
     );
+}
+
+/// Check-quorum (module docs, Roles and terms): a primary that one backup of two still
+/// answers keeps office, the two being a majority of three. Cut off from both, it steps down
+/// at the second check after the cut: the first still counts the answers from before the
+/// cut, the second finds a whole window of silence.
+#[test]
+fn a_primary_steps_down_after_a_whole_window_without_a_majority() {
+    // The `election_ticks` of `Cluster::new`: one check every window.
+    const WINDOW: usize = 10;
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for _ in 0..3 * WINDOW {
+        c.tick_reaching(1, &[2]);
+    }
+    assert!(c.node(1).is_primary(), "n1 and n2 are a majority");
+
+    for _ in 0..WINDOW {
+        c.tick_reaching(1, &[]);
+    }
+    assert!(
+        c.node(1).is_primary(),
+        "answers from before the cut count once"
+    );
+    for _ in 0..WINDOW {
+        c.tick_reaching(1, &[]);
+    }
+    assert!(!c.node(1).is_primary(), "a whole window without a majority");
 }
 
 /// The primary cannot remove itself, nor a server that is not a member.

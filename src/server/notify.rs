@@ -11,9 +11,11 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::auth::{AUTH_HEADER, ClusterSecret};
+use super::auth::ClusterSecret;
+use super::peer_call::PeerPost;
 use crate::api::{NewPrimary, SetBackupsRequest};
-use crate::client::http::{HttpClient, Method};
+use crate::client::http::{HttpClient, HttpResponse, Method};
+use crate::error::Result;
 use crate::replication::{NodeId, Term};
 
 /// Calls in flight at most, over all announcements.
@@ -21,6 +23,8 @@ const MAX_PARALLEL: usize = 32;
 /// One call's bound.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub const SET_BACKUPS_PATH: &str = "/replication/set-backups";
+/// The path of a client's notification listener.
+const NEW_PRIMARY_PATH: &str = "/new-primary";
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -48,17 +52,19 @@ impl Notifier {
             term,
             backups: backups.clone(),
         };
-        let Ok(body) = serde_json::to_vec(&request) else {
+        let Ok(call) = PeerPost::json(SET_BACKUPS_PATH, &request) else {
             return;
         };
-        let body = Bytes::from(body);
         for backup in backups {
-            let auth = self.secret.sign("POST", SET_BACKUPS_PATH, &body);
-            self.call(backup, SET_BACKUPS_PATH, body.clone(), Some(auth));
+            let (http, secret, call) = (self.http.clone(), self.secret.clone(), call.clone());
+            self.spawn(backup.clone(), SET_BACKUPS_PATH, async move {
+                call.send(&http, &secret, &backup, CALL_TIMEOUT).await
+            });
         }
     }
 
-    /// Tells every client at `addresses` that we are the primary of `term`.
+    /// Tells every client at `addresses` that we are the primary of `term`. Clients are not
+    /// peers: these calls are not signed (a client has no cluster secret to check them).
     pub fn new_primary(&self, term: Term, addresses: Vec<String>) {
         let notice = NewPrimary {
             primary: self.id.clone(),
@@ -69,25 +75,35 @@ impl Notifier {
         };
         let body = Bytes::from(body);
         for address in addresses {
-            self.call(address, "/new-primary", body.clone(), None);
+            let (http, body) = (self.http.clone(), body.clone());
+            self.spawn(address.clone(), NEW_PRIMARY_PATH, async move {
+                let headers = [("content-type", "application/json".to_string())];
+                http.request_with_timeout(
+                    Method::POST,
+                    &address,
+                    NEW_PRIMARY_PATH,
+                    &headers,
+                    Some(body),
+                    CALL_TIMEOUT,
+                )
+                .await
+            });
         }
     }
 
-    fn call(&self, to: String, path: &'static str, body: Bytes, auth: Option<String>) {
-        let http = self.http.clone();
+    /// Runs one announcement in the background, once a slot is free, and logs its outcome.
+    fn spawn(
+        &self,
+        to: String,
+        path: &'static str,
+        call: impl Future<Output = Result<HttpResponse>> + Send + 'static,
+    ) {
         let slots = self.slots.clone();
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let mut headers = vec![("content-type", "application/json".to_string())];
-            if let Some(auth) = auth {
-                headers.push((AUTH_HEADER, auth));
-            }
-            let result = http
-                .request_with_timeout(Method::POST, &to, path, &headers, Some(body), CALL_TIMEOUT)
-                .await;
-            match result {
+            match call.await {
                 Ok(response) if response.is_success() => debug!(%to, path, "announced"),
                 Ok(response) => debug!(%to, path, status = response.status, "announcement refused"),
                 Err(err) => debug!(%to, path, %err, "announcement failed"),

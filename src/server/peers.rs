@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::auth::{AUTH_HEADER, ClusterSecret};
-use crate::client::http::{HttpClient, Method};
+use super::auth::ClusterSecret;
+use super::peer_call::PeerPost;
+use crate::client::http::HttpClient;
 use crate::replication::{Envelope, NodeId};
 
 /// The path protocol messages are posted to.
@@ -113,28 +113,14 @@ async fn sender_loop(
                 Err(_) => break,
             }
         }
-        let body = match postcard::to_stdvec(&batch) {
-            Ok(body) => Bytes::from(body),
+        let call = match PeerPost::postcard(MESSAGES_PATH, &batch) {
+            Ok(call) => call,
             Err(err) => {
                 tracing::error!(%peer, %err, "cannot encode messages");
                 continue;
             }
         };
-        let auth = secret.sign("POST", MESSAGES_PATH, &body);
-        let headers = [
-            (AUTH_HEADER, auth),
-            ("content-type", "application/octet-stream".to_string()),
-        ];
-        let result = http
-            .request_with_timeout(
-                Method::POST,
-                &peer,
-                MESSAGES_PATH,
-                &headers,
-                Some(body),
-                SEND_TIMEOUT,
-            )
-            .await;
+        let result = call.send(&http, &secret, &peer, SEND_TIMEOUT).await;
         let failed = match result {
             Ok(response) if response.is_success() => false,
             Ok(response) if response.status == 403 => {

@@ -1,5 +1,7 @@
 //! How errors become HTTP answers, and how request bodies are read, in one place so that
-//! every endpoint answers the same way (CONTRACT.md, Errors).
+//! every endpoint answers the same way (CONTRACT.md, Errors). Which status, code and body
+//! each error gets is the wire layer's table (`api::errors`), shared with the client
+//! library; this file only puts it into axum's terms.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use crate::api::errors::{self, ErrorBody};
 use crate::error::Error;
 
 /// Attached to a `not_primary` answer so that [`add_location`] can name the primary's URL
@@ -18,29 +21,19 @@ struct PrimaryHint(String);
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(errors::status(&self))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() && !matches!(self, Error::NoPrimary | Error::Unavailable(_)) {
             tracing::error!(error = %self, "request failed");
         }
-        let mut response = (status, Json(self.to_body())).into_response();
-        match &self {
-            Error::NoPrimary => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            Error::TooManyRequests { retry_after_secs } => {
-                if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-            }
-            Error::NotPrimary { primary } => {
-                response
-                    .extensions_mut()
-                    .insert(PrimaryHint(primary.clone()));
-            }
-            _ => {}
+        let mut response = (status, Json(ErrorBody::of(&self))).into_response();
+        if let Some(secs) = errors::retry_after_secs(&self) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Error::NotPrimary { primary } = self {
+            response.extensions_mut().insert(PrimaryHint(primary));
         }
         response
     }

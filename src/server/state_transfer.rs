@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::auth::{AUTH_HEADER, ClusterSecret};
-use crate::client::http::{HttpClient, Method};
+use super::auth::ClusterSecret;
+use super::peer_call::PeerPost;
+use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
 use crate::replica::StoreMeta;
 use crate::replication::{NodeId, Term};
@@ -91,25 +91,11 @@ pub async fn send(
             transfer,
             data,
         };
-        let body = match postcard::to_stdvec(&chunk) {
-            Ok(body) => Bytes::from(body),
-            Err(_) => break,
+        let Ok(call) = PeerPost::postcard(STATE_PATH, &chunk) else {
+            break;
         };
-        sent += body.len() as u64;
-        let headers = [
-            ("content-type", "application/octet-stream".to_string()),
-            (AUTH_HEADER, secret.sign("POST", STATE_PATH, &body)),
-        ];
-        let result = http
-            .request_with_timeout(
-                Method::POST,
-                &to,
-                STATE_PATH,
-                &headers,
-                Some(body),
-                CHUNK_TIMEOUT,
-            )
-            .await;
+        sent += call.len() as u64;
+        let result = call.send(&http, &secret, &to, CHUNK_TIMEOUT).await;
         match result {
             Ok(response) if response.is_success() => {}
             Ok(response) => {

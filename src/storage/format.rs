@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::{create_dir_durable, io_error, sync_dir};
+use super::{create_dir_durable, io_error};
 use crate::error::{Error, Result};
 
 /// The format this build reads and writes.
@@ -31,16 +31,13 @@ pub fn check_format(dir: &Path) -> Result<()> {
             }
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let used = std::fs::read_dir(dir)
-                .map_err(io_error("listing", dir))?
-                .flatten()
-                .any(|entry| entry.file_name() != "identity");
+            // The files of a data dir from before formats were marked.
+            let used = ["log", "snapshot"].iter().any(|f| dir.join(f).exists());
             if used {
                 // Written by a build from before formats were marked: format 1.
                 return Err(refusal(dir, "format 1"));
             }
-            super::atomic_write(&path, format!("{PREFIX}{FORMAT}\n").as_bytes())?;
-            sync_dir(dir)
+            crate::atomic_file::replace(&path, format!("{PREFIX}{FORMAT}\n").as_bytes())
         }
         Err(err) => Err(io_error("reading", &path)(err)),
     }

@@ -2,21 +2,19 @@
 //!
 //! Votes and cluster configurations name servers by this identity, so a server that restarts
 //! must come back as the same member: the log it replays holds votes it cast and entries it
-//! acknowledged under that name. The file is replaced atomically (temporary file, fsync,
-//! rename, fsync of the directory), so a crash leaves either the old identity or the new one,
-//! never a half-written one.
+//! acknowledged under that name. The file is replaced atomically (`crate::atomic_file`), so
+//! a crash leaves either the old identity or the new one, never a half-written one.
 
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::Path;
 
-use super::{create_dir_durable, io_error, sync_dir};
+use super::{create_dir_durable, io_error};
+use crate::atomic_file;
 use crate::{Error, Result};
 
 /// The file holding the identity, one line.
 const IDENTITY_FILE: &str = "identity";
-/// Where a new identity is written before it is renamed over [`IDENTITY_FILE`].
-const IDENTITY_TEMP_FILE: &str = "identity.tmp";
 
 /// Reads the identity saved in `dir`, or `None` if none was ever saved (a fresh data
 /// directory, or one that does not exist yet).
@@ -52,17 +50,7 @@ pub fn save_identity(dir: &Path, id: &str) -> Result<()> {
         )));
     }
     create_dir_durable(dir)?;
-    let temp = dir.join(IDENTITY_TEMP_FILE);
-    let path = dir.join(IDENTITY_FILE);
-    // `create` truncates a temporary file left behind by a crash during an earlier save.
-    let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
-    file.write_all(format!("{id}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing", &temp))?;
-    drop(file);
-    // The rename is atomic, but only durable once the directory that records it is synced.
-    fs::rename(&temp, &path).map_err(io_error("renaming to", &path))?;
-    sync_dir(dir)
+    atomic_file::replace(&dir.join(IDENTITY_FILE), format!("{id}\n").as_bytes())
 }
 
 #[cfg(test)]
@@ -84,7 +72,7 @@ mod tests {
             load_identity(dir.path()).unwrap().as_deref(),
             Some("10.0.0.2:7000")
         );
-        assert!(!dir.path().join(IDENTITY_TEMP_FILE).exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// A fresh data directory, existing or not yet created, has no identity.

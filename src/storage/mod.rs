@@ -64,20 +64,6 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Erro
     move |err| Error::Io(format!("{action} {}: {err}", path.display()))
 }
 
-/// Replaces `path` with `bytes` atomically and durably: written to a temporary file, synced,
-/// renamed over `path`, and the directory synced, so a crash leaves the old file or the new.
-fn atomic_write(path: &Path, bytes: &[u8]) -> crate::Result<()> {
-    use std::io::Write as _;
-    let temp = path.with_extension("tmp");
-    let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing", &temp))?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(io_error("renaming to", path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
 /// Makes the directory entries in `dir` durable. A newly created or renamed file is only
 /// reachable after a power loss if the directory that names it was synced too.
 fn sync_dir(dir: &Path) -> crate::Result<()> {

@@ -145,7 +145,11 @@ struct Primary {
     /// Servers being brought up to date before they become members.
     learners: BTreeSet<NodeId>,
     heartbeat_elapsed: u32,
+    /// Ticks since the last check-quorum, or since taking office.
     quorum_elapsed: u32,
+    /// The tick of the last check-quorum; `None` until the first, which passes whatever was
+    /// heard: the backups have not had a whole window to answer in yet.
+    last_quorum_check: Option<u64>,
     /// The index of this term's first entry (its no-op); once committed, every earlier entry is.
     term_start: Index,
 }
@@ -452,7 +456,11 @@ impl Node {
                     primary.quorum_elapsed += 1;
                     if primary.quorum_elapsed >= self.opts.election_ticks {
                         primary.quorum_elapsed = 0;
-                        if !self.has_active_quorum() {
+                        // This check closes the window the previous one opened.
+                        let window_start = primary.last_quorum_check.replace(self.ticks);
+                        let heard =
+                            window_start.is_none_or(|since| self.heard_from_majority_since(since));
+                        if !heard {
                             warn!(
                                 term = self.term,
                                 "lost contact with a majority; stepping down"
@@ -579,6 +587,7 @@ impl Node {
             learners: BTreeSet::new(),
             heartbeat_elapsed: 0,
             quorum_elapsed: 0,
+            last_quorum_check: None,
             term_start: noop.index,
         });
         self.outputs.push(Output::Write(Write::Entries(vec![noop])));

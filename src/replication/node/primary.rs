@@ -17,7 +17,7 @@ impl Node {
         let Some(progress) = primary.progress.get_mut(&from) else {
             return;
         };
-        progress.last_heard = self.ticks;
+        progress.heard(self.ticks);
         if match_index > last_index {
             warn!(from = %from, match_index, "backup claims entries we never sent; ignored");
             return;
@@ -34,7 +34,7 @@ impl Node {
             return;
         };
         if let Some(progress) = primary.progress.get_mut(&from) {
-            progress.last_heard = self.ticks;
+            progress.heard(self.ticks);
             debug!(from = %from, prev_index, hint, "append rejected; probing back");
             progress.rejected(prev_index, hint.min(last_index));
         }
@@ -178,15 +178,11 @@ impl Node {
             .push(Output::Write(Write::Entries(vec![entry])));
     }
 
-    /// Check-quorum: whether a majority answered since the last check; starts the next.
-    pub(super) fn has_active_quorum(&mut self) -> bool {
-        let active = self.majority_where(|p| p.recently_active);
-        if let Role::Primary(primary) = &mut self.role {
-            for progress in primary.progress.values_mut() {
-                progress.recently_active = false;
-            }
-        }
-        active
+    /// Check-quorum: whether a majority (this primary included) answered at or after tick
+    /// `since`, the tick of the previous check. An answer handled in the tick of that check
+    /// came after it (a check runs inside `tick`, before any message of that tick).
+    pub(super) fn heard_from_majority_since(&self, since: u64) -> bool {
+        self.majority_where(|p| p.last_heard() >= since)
     }
 
     /// Whether a majority (this primary included) answered within the last half election
@@ -196,7 +192,7 @@ impl Node {
     /// a request (say, 404 for an unknown client) rather than only to accept one.
     pub fn has_fresh_quorum(&self) -> bool {
         let lease = u64::from((self.opts.election_ticks / 2).max(1));
-        self.majority_where(|p| p.last_heard + lease >= self.ticks)
+        self.majority_where(|p| p.last_heard() + lease >= self.ticks)
     }
 
     /// Whether this primary and the backups whose progress satisfies `holds` make a majority
