@@ -12,7 +12,6 @@
 //! a dead peer's bandwidth.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,22 +30,19 @@ const MAX_BATCH: usize = 4096;
 /// A request that takes longer is abandoned (its messages are stale by then).
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sends envelopes to peers. Cheap to clone.
-#[derive(Clone)]
+/// Sends envelopes to peers. Owned by the driver, the only sender: no lock.
 pub struct Peers {
-    senders: Arc<Mutex<BTreeMap<NodeId, mpsc::UnboundedSender<Envelope>>>>,
+    senders: BTreeMap<NodeId, mpsc::UnboundedSender<Envelope>>,
     http: HttpClient,
     secret: ClusterSecret,
     shutdown: CancellationToken,
-    /// Sender tasks are started from the storage worker's thread too, outside the runtime.
-    runtime: tokio::runtime::Handle,
     /// Where a peer's "you were removed" answer goes (to the driver).
     removed: mpsc::UnboundedSender<String>,
 }
 
 impl Peers {
-    /// Must be called inside the tokio runtime that will run the sender tasks. A peer's
-    /// answer that this server was removed from the cluster is passed on to `removed`.
+    /// A peer's answer that this server was removed from the cluster is passed on to
+    /// `removed`.
     pub fn new(
         http: HttpClient,
         secret: ClusterSecret,
@@ -55,47 +51,54 @@ impl Peers {
     ) -> Peers {
         Peers {
             removed,
-            runtime: tokio::runtime::Handle::current(),
-            senders: Arc::default(),
+            senders: BTreeMap::new(),
             http,
             secret,
             shutdown,
         }
     }
 
-    /// Queues an envelope for its receiver; never blocks.
-    pub fn send(&self, envelope: Envelope) {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+    /// Queues an envelope for its receiver; never blocks. Called on the driver's task, so
+    /// sender tasks are spawned on its runtime.
+    pub fn send(&mut self, envelope: Envelope) {
         let to = envelope.to.clone();
+        let Peers {
+            senders,
+            http,
+            secret,
+            shutdown,
+            removed,
+        } = self;
+        let spawn = |peer: NodeId| spawn_sender(peer, http, secret, shutdown, removed);
         let sender = senders
             .entry(to.clone())
-            .or_insert_with(|| self.spawn_sender(to.clone()));
+            .or_insert_with(|| spawn(to.clone()));
         if let Err(mpsc::error::SendError(envelope)) = sender.send(envelope) {
             // The task ended (shutdown); start a fresh one so a later send is not lost.
-            let fresh = self.spawn_sender(to.clone());
+            let fresh = spawn(to.clone());
             let _ = fresh.send(envelope);
             senders.insert(to, fresh);
         }
     }
+}
 
-    fn spawn_sender(&self, peer: NodeId) -> mpsc::UnboundedSender<Envelope> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = sender_loop(
-            peer,
-            rx,
-            self.http.clone(),
-            self.secret.clone(),
-            self.removed.clone(),
-        );
-        let shutdown = self.shutdown.clone();
-        self.runtime.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = task => {}
-            }
-        });
-        tx
-    }
+fn spawn_sender(
+    peer: NodeId,
+    http: &HttpClient,
+    secret: &ClusterSecret,
+    shutdown: &CancellationToken,
+    removed: &mpsc::UnboundedSender<String>,
+) -> mpsc::UnboundedSender<Envelope> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = sender_loop(peer, rx, http.clone(), secret.clone(), removed.clone());
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = task => {}
+        }
+    });
+    tx
 }
 
 async fn sender_loop(

@@ -38,6 +38,7 @@
 //! UNDERSTUDY_SIM_SEED=1234 UNDERSTUDY_SIM_NODES=5 cargo test --lib sim::tests::replay -- --nocapture
 //! ```
 
+mod client;
 mod clients;
 mod clock;
 mod faults;

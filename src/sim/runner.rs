@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::clients::Client;
+use super::client::Client;
 use super::clock::{EventQueue, Time};
 use super::faults::{Plan, TICK};
 use super::history::History;
