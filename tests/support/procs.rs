@@ -391,6 +391,27 @@ impl Cluster {
         }
     }
 
+    /// Starts server `i` again on its address and data dir with `--join` (as its operator
+    /// would, with the command line it was first started with). Returns once it answers.
+    pub async fn restart_joining(&mut self, i: usize, join: &str) {
+        assert!(
+            self.servers[i].child.is_none(),
+            "server {i} is still running"
+        );
+        for attempt in 1..=START_ATTEMPTS {
+            self.launch(i, Some(join));
+            if self.wait_answering(i).await {
+                return;
+            }
+            assert!(
+                attempt < START_ATTEMPTS,
+                "server {i} did not restart on {}; stderr:\n{}",
+                self.servers[i].addr,
+                self.stderr(i)
+            );
+        }
+    }
+
     /// Adds a server on a fresh port and data dir, started with `--join` if given. Picks
     /// another port if the chosen one was taken before the server could bind it.
     async fn spawn_new(&mut self, join: Option<&str>) -> usize {
