@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod bench;
+mod bench_failover;
+mod bench_throughput;
 pub mod client;
 mod client_output;
 pub mod demo;
