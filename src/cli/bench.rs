@@ -5,6 +5,10 @@
 //!   client's notification, and to the first acknowledged write, then min/median/max.
 //! - `throughput`: concurrent clients write as fast as they can for a while; prints ops/s
 //!   and latency percentiles.
+//! - `soak`: closed-loop writers for minutes; per window ops/s, p50/p99, elections, failures,
+//!   board size, the primary's RSS and disk bytes per message; last window vs window 2.
+//! - `catch-up`: preload the board, then start an empty server that joins under load; times
+//!   until it is a member and caught up, and the writers' ops/s before and during.
 //!
 //! Every loop is bounded in count and in time; all traffic stays on loopback. This file holds
 //! what the benchmarks share (cluster flags, starting a cluster, logging clients in); each
@@ -14,9 +18,12 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use super::bench_catch_up::{self, CatchUpArgs};
 use super::bench_failover::{self, FailoverArgs};
+use super::bench_soak::{self, SoakArgs};
 use super::bench_throughput::{self, ThroughputArgs};
 use super::local_cluster::{LocalCluster, hex_token};
+use understudy::api::StatusResponse;
 use understudy::client::{Client, ClientOptions};
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +38,10 @@ enum BenchKind {
     Failover(FailoverArgs),
     /// Concurrent clients writing; ops/s and latency.
     Throughput(ThroughputArgs),
+    /// Closed-loop writers for a long while; per-window ops/s, latency, memory and disk.
+    Soak(SoakArgs),
+    /// Preload the board, then time an empty server joining and catching up under load.
+    CatchUp(CatchUpArgs),
 }
 
 /// Cluster shape and timing, shared by the benchmarks.
@@ -78,6 +89,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.kind {
         BenchKind::Failover(args) => bench_failover::run(args).await,
         BenchKind::Throughput(args) => bench_throughput::run(args).await,
+        BenchKind::Soak(args) => bench_soak::run(args).await,
+        BenchKind::CatchUp(args) => bench_catch_up::run(args).await,
     }
 }
 
@@ -130,7 +143,20 @@ pub(super) async fn max_term(cluster: &LocalCluster) -> u64 {
         .unwrap_or(0)
 }
 
+/// The primary with the highest term among `statuses` (a deposed one may not know yet).
+pub(super) fn primary_of(statuses: &[StatusResponse]) -> Option<&StatusResponse> {
+    statuses
+        .iter()
+        .filter(|s| s.role == "primary")
+        .max_by_key(|s| s.term)
+}
+
 /// A duration in milliseconds, for printing.
 pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Milliseconds with two decimals, or `-` when there is no figure.
+pub(super) fn millis(d: Option<Duration>) -> String {
+    d.map_or("-".to_string(), |d| format!("{:.2}", ms(d)))
 }

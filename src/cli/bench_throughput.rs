@@ -1,11 +1,13 @@
 //! `understudy bench throughput`: concurrent clients write as fast as they can for a while;
-//! prints ops/s, latency percentiles and the elections seen meanwhile.
+//! prints ops/s, latency percentiles and the elections seen meanwhile. The writers stop by
+//! themselves, at `--seconds` or at `--max-ops` writes in all.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
 use super::bench::{ClusterArgs, logged_in_clients, max_term, ms, start_cluster};
+use super::bench_writers::{Plan, Writers};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct ThroughputArgs {
@@ -37,51 +39,35 @@ pub(super) async fn run(args: ThroughputArgs) -> Result<()> {
         args.max_ops
     );
     let term_before = max_term(&cluster).await;
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.seconds);
-    let per_client = args.max_ops.div_ceil(args.clients as u64);
-    let mut tasks = Vec::new();
-    for (i, client) in clients.into_iter().enumerate() {
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            for n in 0..per_client {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let sent = Instant::now();
-                match client.send(&format!("client {i} write {n}")).await {
-                    Ok(_) => latencies.push(sent.elapsed()),
-                    Err(_) => errors += 1,
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = start.elapsed();
+    let writers = Writers::start(
+        clients,
+        Plan {
+            // The bare "client i write n" text, as this benchmark has always sent.
+            message_bytes: 0,
+            until: Instant::now() + Duration::from_secs(args.seconds),
+            writes_per_client: args.max_ops.div_ceil(args.clients as u64),
+        },
+    );
+    let window = writers.finish().await;
     let term_after = max_term(&cluster).await;
     cluster.stop_all().await;
 
-    latencies.sort();
-    let count = latencies.len();
-    if count == 0 {
+    let count = window.acked();
+    let (Some(p50), Some(p99), Some(max)) = (
+        window.percentile(0.50),
+        window.percentile(0.99),
+        window.latencies.last(),
+    ) else {
         bail!("no write was acknowledged");
-    }
-    let pct = |p: f64| latencies[((count as f64 * p) as usize).min(count - 1)];
+    };
     println!(
         "{count} writes in {:.2} s: {:.0} ops/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
-        elapsed.as_secs_f64(),
-        count as f64 / elapsed.as_secs_f64(),
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        ms(latencies[count - 1]),
+        window.elapsed.as_secs_f64(),
+        window.ops_per_sec(),
+        ms(p50),
+        ms(p99),
+        ms(*max),
+        errors = window.errors,
     );
     // Every election raises the term; a healthy cluster under load holds none.
     println!(
