@@ -26,7 +26,8 @@ enum TopCommand {
     Client(cli::client::ClientArgs),
     /// Run a local three-server cluster and a client, showing replication and a failover.
     Demo(cli::demo::DemoArgs),
-    /// Measure failover times and throughput on a local cluster.
+    /// Measure failover times, throughput, a long soak and a joining server's catch-up on a
+    /// local cluster.
     Bench(cli::bench::BenchArgs),
     /// Operator commands: cluster status, removing a server.
     Admin(cli::admin::AdminArgs),

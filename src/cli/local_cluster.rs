@@ -21,8 +21,22 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
+    /// Server number `i` (from 0) on `port`, with its data dir in `dir`; not started.
+    fn new(dir: &Path, i: usize, port: u16) -> LocalServer {
+        LocalServer {
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: dir.join(format!("server{}", i + 1)),
+            child: None,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The process id while running, for reading the process's figures from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 }
 
@@ -51,11 +65,7 @@ impl LocalCluster {
         let servers = free_ports(size)?
             .into_iter()
             .enumerate()
-            .map(|(i, port)| LocalServer {
-                addr: format!("127.0.0.1:{port}"),
-                data_dir: dir.join(format!("server{}", i + 1)),
-                child: None,
-            })
+            .map(|(i, port)| LocalServer::new(dir, i, port))
             .collect();
         Ok(LocalCluster {
             dir: dir.to_path_buf(),
@@ -70,6 +80,15 @@ impl LocalCluster {
 
     pub fn addrs(&self) -> Vec<String> {
         self.servers.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// Makes room for one more server (not started; `spawn` it with a `join`), and returns
+    /// its index. Its data dir is new, so it starts empty.
+    pub fn add_server(&mut self) -> Result<usize> {
+        let port = free_ports(1)?[0];
+        let i = self.servers.len();
+        self.servers.push(LocalServer::new(&self.dir, i, port));
+        Ok(i)
     }
 
     /// Starts server 0 as a new cluster, then the others joining it; returns when every
@@ -161,14 +180,22 @@ impl LocalCluster {
     /// The `/status` of every running server that answers.
     pub async fn statuses(&self) -> Vec<StatusResponse> {
         let mut statuses = Vec::new();
-        for server in self.servers.iter().filter(|s| s.is_running()) {
-            if let Ok(response) = self.http.get(&server.addr, "/status", &[]).await
-                && let Ok(status) = response.json::<StatusResponse>()
-            {
+        for i in (0..self.servers.len()).filter(|&i| self.servers[i].is_running()) {
+            if let Some(status) = self.status(i).await {
                 statuses.push(status);
             }
         }
         statuses
+    }
+
+    /// The `/status` of server `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
+        let response = self
+            .http
+            .get(&self.servers[i].addr, "/status", &[])
+            .await
+            .ok()?;
+        response.json::<StatusResponse>().ok()
     }
 
     /// Polls `/status` of the running servers until all answer and `done` holds.

@@ -2,6 +2,12 @@
 
 pub mod admin;
 pub mod bench;
+mod bench_catch_up;
+mod bench_failover;
+mod bench_proc;
+mod bench_soak;
+mod bench_throughput;
+mod bench_writers;
 pub mod client;
 mod client_output;
 pub mod demo;
