@@ -231,6 +231,11 @@ impl<S: Store, W> Replica<S, W> {
         }
     }
 
+    /// A piece of our store reached `to`: the transfer is moving, not stalled.
+    pub fn transfer_moving(&mut self, to: &NodeId) {
+        self.node.snapshot_moving(to);
+    }
+
     /// An operator removes a server (primary only); answered once applied.
     pub fn remove(&mut self, id: &NodeId, waiter: W) {
         match self.node.remove_member(id) {
@@ -530,12 +535,25 @@ impl<S: Store, W> Replica<S, W> {
         let Some(meta) = covered else {
             return;
         };
-        if index >= self.compacted + self.settings.compact_every.max(1)
-            && index > self.node.snapshot_base().index
-        {
-            self.node.compact(index);
-            self.compacted = index;
-            self.persist(Job::Log(vec![Write::Compact(meta.position)]));
+        let every = self.settings.compact_every.max(1);
+        // Not beyond what a backup catching up still needs from the log (see
+        // `Node::compaction_floor`); a backup far behind gets the store instead.
+        let upto = match self.node.compaction_floor(index, 4 * every) {
+            Some(floor) => index.min(floor),
+            None => index,
+        };
+        if upto < self.compacted + every || upto <= self.node.snapshot_base().index {
+            return;
+        }
+        let position = if upto == index {
+            Some(meta.position)
+        } else {
+            self.node.snapshot_meta(upto)
+        };
+        if let Some(position) = position {
+            self.node.compact(upto);
+            self.compacted = upto;
+            self.persist(Job::Log(vec![Write::Compact(position)]));
         }
     }
 }

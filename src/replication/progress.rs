@@ -64,6 +64,20 @@ impl Progress {
         true
     }
 
+    /// The index of the snapshot on its way, if one is.
+    pub fn snapshot_index(&self) -> Option<Index> {
+        self.snapshot
+    }
+
+    /// The snapshot on its way is still moving (a piece of it arrived): it is not stalled.
+    /// A large one takes longer than any fixed timeout, and resending it from the start
+    /// would never let it finish.
+    pub fn snapshot_moving(&mut self) {
+        if self.snapshot.is_some() {
+            self.stalled_ticks = 0;
+        }
+    }
+
     /// Whether another append may be sent now.
     pub fn can_send(&self, max_inflight: usize) -> bool {
         let window = if self.probing { 1 } else { max_inflight };

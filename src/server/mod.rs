@@ -179,15 +179,16 @@ pub async fn serve(
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
     let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx)?;
+    let (handle, calls) = Driver::channel();
     let io = DriverIo {
         peers,
         notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
         printer: driver::spawn_printer()?,
         http: http.clone(),
         secret: config.secret.clone(),
+        handle: handle.clone(),
     };
     let driver = Driver::new(replica, store, storage, io);
-    let (handle, calls) = Driver::channel();
     let app = AppState {
         id: id.clone(),
         driver: handle,

@@ -48,6 +48,7 @@ pub async fn send(
     from: NodeId,
     to: NodeId,
     term: Term,
+    driver: super::driver::DriverHandle,
 ) {
     let transfer: u64 = rand::random();
     // A chunk is read while the one before it is on the wire.
@@ -97,7 +98,7 @@ pub async fn send(
         sent += call.len() as u64;
         let result = call.send(&http, &secret, &to, CHUNK_TIMEOUT).await;
         match result {
-            Ok(response) if response.is_success() => {}
+            Ok(response) if response.is_success() => driver.transfer_moving(to.clone()),
             Ok(response) => {
                 debug!(%to, status = response.status, "state chunk refused");
                 break;

@@ -330,6 +330,9 @@ fn lost_snapshot_is_sent_again() {
     // appends to n3 go unanswered, n1 probes back from n3's last match, finds it compacted
     // and sends the snapshot, which is lost: n3 is down.
     bench.servers[2].crash(|_| 0);
+    // Long enough that n1 no longer holds its log back for n3 (it has not heard from it
+    // within an election timeout).
+    bench.run(bench.opts.election_ticks as usize + 1);
     for i in 0..12 {
         bench.propose(0, &format!("c{i}"));
         bench.run(1);
@@ -373,6 +376,9 @@ fn cut_off_n3_behind_the_snapshot(bench: &mut Bench) -> Vec<Packet> {
     bench.propose(0, "a");
     bench.run(3);
     bench.isolated.insert(2);
+    // Long enough that n1 no longer holds its log back for n3 (it has not heard from it
+    // within an election timeout).
+    bench.run(bench.opts.election_ticks as usize + 1);
     for i in 0..12 {
         bench.propose(0, &format!("c{i}"));
         bench.deliver_all();

@@ -185,6 +185,40 @@ impl Node {
         self.majority_where(|p| p.last_heard() >= since)
     }
 
+    /// How far the log may be compacted without cutting off a backup that is catching up
+    /// (on a primary; `None` elsewhere, or if nobody needs holding back): the lowest index a
+    /// backup heard from within an election timeout still needs, that is the entry after
+    /// its snapshot in flight, or after what it matched. A backup more than `slack`
+    /// entries behind `upto` without a snapshot in flight does not hold the log: it will
+    /// get a snapshot instead. The log is held for a snapshot in flight whatever its age,
+    /// since a large one can take long, and a log compacted beyond it would need another.
+    pub fn compaction_floor(&self, upto: Index, slack: Index) -> Option<Index> {
+        let Role::Primary(primary) = &self.role else {
+            return None;
+        };
+        let recent = u64::from(self.opts.election_ticks);
+        primary
+            .progress
+            .values()
+            .filter(|p| p.last_heard() + recent >= self.ticks)
+            .filter_map(|p| match p.snapshot_index() {
+                Some(snapshot) => Some(snapshot),
+                None if p.matched + slack >= upto => Some(p.matched),
+                None => None,
+            })
+            .min()
+    }
+
+    /// The driver is still sending the snapshot to `to` (a piece of it was taken): keep
+    /// waiting for it rather than start it again.
+    pub fn snapshot_moving(&mut self, to: &NodeId) {
+        if let Role::Primary(primary) = &mut self.role
+            && let Some(progress) = primary.progress.get_mut(to)
+        {
+            progress.snapshot_moving();
+        }
+    }
+
     /// Whether a majority (this primary included) answered within the last half election
     /// timeout. A server that answered then will not help elect anyone else for at least
     /// another half timeout (it ignores elections while it hears from a primary), so while

@@ -60,6 +60,8 @@ pub enum Call {
         meta: StoreMeta,
         path: PathBuf,
     },
+    /// A piece of our store reached `to` (a state transfer is moving).
+    TransferMoving { to: NodeId },
     /// An operator removes a server; answered once the new configuration is applied.
     Remove {
         id: NodeId,
@@ -168,6 +170,11 @@ impl DriverHandle {
         .await
     }
 
+    /// Tells the replica a state transfer to `to` is moving (does not wait).
+    pub fn transfer_moving(&self, to: NodeId) {
+        let _ = self.tx.try_send(Call::TransferMoving { to });
+    }
+
     /// Records the primary's list of backups.
     pub async fn set_backups(&self, request: SetBackupsRequest) -> Result<()> {
         self.send(Call::SetBackups(request)).await
@@ -193,6 +200,8 @@ pub struct DriverIo {
     pub printer: mpsc::UnboundedSender<String>,
     pub http: HttpClient,
     pub secret: ClusterSecret,
+    /// Our own handle, for the transfer tasks to report progress.
+    pub handle: DriverHandle,
 }
 
 /// The driver's state.
@@ -332,6 +341,7 @@ impl Driver {
                     warn!(path = %path.display(), %err, "cannot remove a received store not needed");
                 }
             }
+            Call::TransferMoving { to } => self.replica.transfer_moving(&to),
             Call::SetBackups(request) => {
                 info!(primary = %request.primary, term = request.term, backups = ?request.backups, "primary announced the backups");
             }
@@ -361,6 +371,7 @@ impl Driver {
                         self.replica.node().id().clone(),
                         to,
                         term,
+                        self.io.handle.clone(),
                     ));
                 }
                 Output::Reply(waiter, answer) => waiter.answer(answer),
