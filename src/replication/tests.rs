@@ -416,3 +416,46 @@ fn remove_refuses_the_primary_and_strangers() {
         Err(crate::Error::NotPrimary { .. })
     ));
 }
+
+/// Rule (how far the log may be compacted): the primary holds its log back for a backup it
+/// heard from recently that is catching up, not beyond the entry after what it matched; a
+/// backup too far behind (beyond the slack) holds nothing back, it will get a snapshot; nor
+/// does one that fell silent for an election timeout.
+#[test]
+fn log_is_held_for_a_backup_catching_up_but_not_for_a_distant_or_silent_one() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let matched = c.commit_index(1);
+    // n3 misses five entries (every append to it is lost); n2 takes them.
+    for n in 0..5u8 {
+        c.propose(1, &[n]);
+        c.take_to(3);
+        c.deliver_all();
+    }
+    let upto = c.commit_index(1);
+    assert_eq!(upto, matched + 5);
+    assert_eq!(
+        c.node(1).compaction_floor(upto, 100),
+        Some(matched),
+        "held for n3, which answered recently and is 5 behind"
+    );
+    assert_eq!(
+        c.node(1).compaction_floor(upto, 4),
+        Some(upto),
+        "n3 is beyond the slack: only n2, which has everything, counts"
+    );
+    // n3 falls silent for an election timeout (n2 still answers).
+    for _ in 0..11 {
+        c.tick_reaching(1, &[2]);
+    }
+    assert_eq!(
+        c.node(1).compaction_floor(upto, 100),
+        Some(upto),
+        "a silent backup holds nothing back"
+    );
+    assert_eq!(
+        c.node(2).compaction_floor(upto, 100),
+        None,
+        "only a primary holds"
+    );
+}
