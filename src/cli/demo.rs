@@ -163,11 +163,13 @@ impl Demo {
                     .all(|s| s.applied_index == commit && s.messages as usize == 2 * n)
             })
             .await?;
-        // The store held what it had applied before the kill; it applies (and prints) the
-        // messages it missed.
+        // Its store held what it had flushed before the kill; it applies (and prints) the
+        // rest again from the log and from the primary.
         self.wait_printed(n, &[old]).await?;
+        let printed = self.printed.get(&old).copied().unwrap_or(0);
         println!(
-            "  {primary} is a backup again with all {} messages (it printed the {n} it missed)",
+            "  {primary} is a backup again with all {} messages (it applied and printed the \
+             {printed} its store did not hold yet)",
             2 * n
         );
         self.show_status().await
