@@ -126,8 +126,9 @@ pub struct Replica<S, W> {
     applied_members: Vec<NodeId>,
     /// This server is primary and has applied its own term's no-op.
     noop_applied: bool,
-    /// A received store is being swapped in: applying waits for it.
-    installing: bool,
+    /// Received stores being swapped in (a second can be taken while the first is on its
+    /// way): applying waits until none is.
+    installing: u32,
     /// Entries committed while a received store was being swapped in.
     deferred: Vec<Entry>,
     /// The latest term (and vote) known to be durable.
@@ -174,12 +175,12 @@ impl<S: Store, W> Replica<S, W> {
 
     /// Primary, its own no-op applied, and no store being swapped in.
     pub fn primary_ready(&self) -> bool {
-        self.noop_applied && !self.installing && self.node.is_primary()
+        self.noop_applied && self.installing == 0 && self.node.is_primary()
     }
 
     /// A received store is waiting to be swapped in (reads still see the old one).
     pub fn is_installing(&self) -> bool {
-        self.installing
+        self.installing > 0
     }
 
     /// The index up to which the store is durable.
@@ -263,8 +264,10 @@ impl<S: Store, W> Replica<S, W> {
         if let Some(index) = report.flushed {
             self.flushed(index);
         }
-        if report.installed && self.installing {
-            self.installing = false;
+        if report.installed > 0 && self.installing > 0 {
+            self.installing = self.installing.saturating_sub(report.installed);
+        }
+        if report.installed > 0 && self.installing == 0 {
             info!(index = self.applied, "the received store is in place");
             let deferred = std::mem::take(&mut self.deferred);
             self.apply_entries(deferred)?;
@@ -291,7 +294,7 @@ impl<S: Store, W> Replica<S, W> {
         self.compacted = index;
         self.flushing.clear();
         self.deferred.clear();
-        self.installing = true;
+        self.installing += 1;
         // Before the node's outputs (its compaction and its acknowledgement), which promise
         // the new store.
         self.persist(Job::Install { meta });
@@ -318,7 +321,7 @@ impl<S: Store, W> Replica<S, W> {
                     }
                 }
                 NodeOutput::Apply(entries) => {
-                    if self.installing {
+                    if self.installing > 0 {
                         self.deferred.extend(entries);
                     } else {
                         self.apply_entries(entries)?;
@@ -493,7 +496,7 @@ impl<S: Store, W> Replica<S, W> {
 
     /// Freezes the unflushed changes and sends them to the store, when due.
     fn maybe_flush(&mut self) {
-        if self.installing || self.applied <= self.frozen_upto {
+        if self.installing > 0 || self.applied <= self.frozen_upto {
             return;
         }
         let due = self.applied - self.frozen_upto >= self.settings.flush_every_entries.max(1)

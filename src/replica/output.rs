@@ -71,8 +71,8 @@ pub struct Persisted {
     pub term: Option<Term>,
     /// The store is durable up to this applied index (if a flush was done).
     pub flushed: Option<Index>,
-    /// A received store was swapped in.
-    pub installed: bool,
+    /// How many received stores were swapped in.
+    pub installed: u32,
 }
 
 /// The answer to a waiter.

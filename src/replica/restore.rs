@@ -80,7 +80,7 @@ impl<S: Store, W> Replica<S, W> {
             applied: position.index,
             applied_members: position.members.clone(),
             noop_applied: false,
-            installing: false,
+            installing: 0,
             deferred: Vec::new(),
             durable_term,
             pending: BTreeMap::new(),

@@ -113,7 +113,7 @@ impl One {
                         report.flushed = Some(meta.position.index);
                         self.flushed.push(meta.position.index);
                     }
-                    Output::Persist(Job::Install { .. }) => report.installed = true,
+                    Output::Persist(Job::Install { .. }) => report.installed += 1,
                     Output::Reply(waiter, answer) => self.replies.push((waiter, answer)),
                     _ => continue,
                 }

@@ -128,7 +128,7 @@ impl Worker {
                         )));
                     }
                     info!(index = meta.position.index, "received store swapped in");
-                    report.installed = true;
+                    report.installed += 1;
                 }
             }
             self.jobs_done += 1;

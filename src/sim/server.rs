@@ -10,6 +10,8 @@
 //! - a store received whole is handed to the replica and, if taken, kept until the replica's
 //!   `Install` job asks for it, as the driver keeps the file's path.
 
+use std::collections::VecDeque;
+
 use super::clock::Time;
 use super::network::SnapshotTransfer;
 use super::storage::{SimStore, Storage, StoreFile};
@@ -78,8 +80,8 @@ pub struct Server {
     pub replica: Option<SimReplica>,
     pub storage: Storage,
     settings: Settings,
-    /// A received store the replica took, until its `Install` job asks for it.
-    incoming: Option<StoreFile>,
+    /// The received stores the replica took, in the order of its `Install` jobs.
+    incoming: VecDeque<StoreFile>,
     /// A paused server is frozen: no ticks, no syncs, no messages.
     pub paused: bool,
     /// While paused: keep arriving messages for later (else they are lost).
@@ -112,7 +114,7 @@ impl Server {
                 observe: true,
                 ..settings
             },
-            incoming: None,
+            incoming: VecDeque::new(),
             paused: false,
             hold_messages: false,
             held: Vec::new(),
@@ -147,7 +149,7 @@ impl Server {
             replica.bootstrap();
         }
         self.replica = Some(replica);
-        self.incoming = None;
+        self.incoming.clear();
         self.paused = false;
         self.held.clear();
         self.epoch += 1;
@@ -163,7 +165,7 @@ impl Server {
     pub fn crash(&mut self, keep: impl FnOnce(usize) -> usize) {
         self.replica = None;
         self.storage.crash(keep);
-        self.incoming = None;
+        self.incoming.clear();
         self.paused = false;
         self.held.clear();
         self.epoch += 1;
@@ -256,7 +258,7 @@ impl Server {
                         effects.trace.push(describe_job(&self.id, &job));
                     }
                     let received = match job {
-                        Job::Install { .. } => self.incoming.take(),
+                        Job::Install { .. } => self.incoming.pop_front(),
                         _ => None,
                     };
                     if let Err(err) = self.storage.submit(job, received) {
@@ -311,7 +313,7 @@ impl Server {
         if !replica.install(transfer.from.clone(), transfer.term, meta.clone()) {
             return None;
         }
-        self.incoming = Some(transfer.store.clone());
+        self.incoming.push_back(transfer.store.clone());
         Some(meta.position)
     }
 

@@ -274,7 +274,7 @@ impl Storage {
                     }
                 }
                 DiskJob::Flush(meta, _) => report.flushed = Some(meta.position.index),
-                DiskJob::Install(_) => report.installed = true,
+                DiskJob::Install(_) => report.installed += 1,
             }
             let what = match &job {
                 DiskJob::Log(_) => None,

@@ -316,6 +316,35 @@ fn same_seed_same_run() {
     }
 }
 
+/// Seeds of the long sweep that once failed, run on every `cargo test`: two stores received
+/// in one round of the driver, both taken, the first swap given the second's file and the
+/// replica thinking both done after the first (`Replica::install` counts them now, and the
+/// drivers keep the received stores in the order of the swaps).
+#[test]
+fn seeds_the_long_sweep_caught() {
+    let seeds = [
+        (1023081, 5),
+        (1034597, 5),
+        (1035703, 5),
+        (1036123, 5),
+        (1042786, 3),
+        (1058127, 5),
+        (1061083, 5),
+        (1071061, 5),
+        (1075287, 5),
+        (1092049, 5),
+        (1092352, 3),
+        (1096607, 5),
+        (1097069, 5),
+    ];
+    let configs = seeds
+        .iter()
+        .map(|&(seed, nodes)| SimConfig::new(seed, nodes))
+        .collect();
+    let (totals, _) = sweep(configs);
+    assert_no_failures(&totals);
+}
+
 /// The long sweep: 100,000 seeds, for `cargo test --release --lib -- --ignored sim_100k`.
 #[test]
 #[ignore]

@@ -9,6 +9,7 @@
 //! are only tasks, channels and sockets. Nobody locks the replica, and nothing here waits on
 //! disk or on the network.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -209,8 +210,8 @@ pub struct Driver {
     replica: ServerReplica,
     store: RedbStore,
     storage: mpsc::UnboundedSender<WorkItem>,
-    /// The received store the replica is about to swap in.
-    incoming: Option<PathBuf>,
+    /// The received stores the replica took, in the order of its `Install` jobs.
+    incoming: VecDeque<PathBuf>,
     removed: bool,
     io: DriverIo,
 }
@@ -226,7 +227,7 @@ impl Driver {
             replica,
             store,
             storage,
-            incoming: None,
+            incoming: VecDeque::new(),
             removed: false,
             io,
         }
@@ -336,7 +337,7 @@ impl Driver {
             } => {
                 if self.replica.install(from, term, meta) {
                     info!("installing the store received from the primary");
-                    self.incoming = Some(path);
+                    self.incoming.push_back(path);
                 } else if let Err(err) = std::fs::remove_file(&path) {
                     warn!(path = %path.display(), %err, "cannot remove a received store not needed");
                 }
@@ -355,7 +356,7 @@ impl Driver {
             match output {
                 Output::Persist(job) => {
                     let incoming = match job {
-                        Job::Install { .. } => self.incoming.take(),
+                        Job::Install { .. } => self.incoming.pop_front(),
                         _ => None,
                     };
                     self.storage
