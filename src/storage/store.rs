@@ -300,9 +300,10 @@ impl ReadView {
     }
 }
 
-/// A store being received from the primary, built beside ours.
+/// A store being received from the primary, built beside ours. Dropped unfinished (the
+/// transfer broke off, failed its checks, or a newer one replaced it), its file is removed.
 pub struct IncomingStore {
-    db: Database,
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -315,16 +316,22 @@ impl IncomingStore {
                 .map_err(|err| Error::Io(format!("removing {}: {err}", path.display())))?;
         }
         Ok(IncomingStore {
-            db: open_database(&path)?,
+            db: Some(open_database(&path)?),
             path,
         })
+    }
+
+    fn db(&self) -> Result<&Database> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the incoming store is finished".to_string()))
     }
 
     /// Adds records. Each batch is committed durably, so that the memory a large transfer
     /// takes stays that of one batch.
     pub fn add(&self, records: &MemTables) -> Result<()> {
         write_records(
-            &self.db,
+            self.db()?,
             &StoreMeta::default(),
             records,
             Durability::Immediate,
@@ -332,12 +339,25 @@ impl IncomingStore {
     }
 
     /// Writes the meta the whole store stands at, makes everything durable, and returns
-    /// where the finished store is.
-    pub fn finish(self, meta: &StoreMeta) -> Result<PathBuf> {
-        write_records(&self.db, meta, &MemTables::default(), Durability::Immediate)?;
-        drop(self.db);
+    /// where the finished store is (it is the caller's from now on).
+    pub fn finish(mut self, meta: &StoreMeta) -> Result<PathBuf> {
+        write_records(
+            self.db()?,
+            meta,
+            &MemTables::default(),
+            Durability::Immediate,
+        )?;
+        drop(self.db.take());
         let dir = self.path.parent().unwrap_or(Path::new("."));
         sync_dir(dir)?;
-        Ok(self.path)
+        Ok(std::mem::take(&mut self.path))
+    }
+}
+
+impl Drop for IncomingStore {
+    fn drop(&mut self) {
+        if self.db.take().is_some() && !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }

@@ -366,6 +366,8 @@ mod tests {
             import(to.path(), missing),
             Err(Error::Conflict(_))
         ));
+        let leftovers = std::fs::read_dir(to.path()).unwrap().count();
+        assert_eq!(leftovers, 0, "a refused transfer leaves no file behind");
 
         // The last chunk loses its messages but keeps a valid checksum: the count is short.
         let mut short = good.clone();
