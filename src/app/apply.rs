@@ -88,7 +88,7 @@ fn init_client(tables: &mut impl TablesMut, client_id: &str, address: &str) -> R
             last: None,
         },
     );
-    let mut counters = tables.counters();
+    let mut counters = tables.counters()?;
     counters.clients += 1;
     tables.set_counters(counters);
     Ok(Applied::outcome(Outcome::ClientAdded {
@@ -131,7 +131,7 @@ fn login(
     client.token_hash = Some(token_hash.to_string());
     tables.put_client(client_id, client);
     if !was_logged_in {
-        let mut counters = tables.counters();
+        let mut counters = tables.counters()?;
         counters.logged_in += 1;
         tables.set_counters(counters);
     }
@@ -148,7 +148,7 @@ fn logout(tables: &mut impl TablesMut, client_id: &str, token_hash: &str) -> Res
     // The username stays: the client is still listed, with `logged_in: false`.
     client.token_hash = None;
     tables.put_client(client_id, client);
-    let mut counters = tables.counters();
+    let mut counters = tables.counters()?;
     counters.logged_in = counters.logged_in.saturating_sub(1);
     tables.set_counters(counters);
     Ok(Applied::outcome(Outcome::LoggedOut))
@@ -162,17 +162,18 @@ fn message(
     text: &str,
 ) -> Result<Applied> {
     // One judgement for both the primary's check and apply, so they cannot disagree.
-    match check_message(tables, client_id, token_hash, seq, text)? {
+    let (check, client) = judge_message(tables, client_id, token_hash, seq, text)?;
+    match check {
         MessageCheck::Rejected(rejection) => Ok(Applied::rejected(rejection)),
         MessageCheck::Retry(index) => Ok(Applied::outcome(Outcome::Posted { index })),
         MessageCheck::New => {
-            let Some(mut client) = tables.client(client_id)? else {
+            let Some(mut client) = client else {
                 unreachable!("check_message accepted unknown client {client_id}");
             };
             let Some(username) = client.username.clone() else {
                 unreachable!("check_message accepted client {client_id} without a user");
             };
-            let mut counters = tables.counters();
+            let mut counters = tables.counters()?;
             let index = counters.messages + 1;
             counters.messages = index;
             client.last = Some(LastMessage { seq, index });
@@ -202,35 +203,47 @@ pub fn check_message(
     seq: u64,
     text: &str,
 ) -> Result<MessageCheck> {
+    Ok(judge_message(tables, client_id, token_hash, seq, text)?.0)
+}
+
+/// The judgement of a demo message, with the client's record it was made on (read once:
+/// `apply` updates that record).
+fn judge_message(
+    tables: &impl Tables,
+    client_id: &str,
+    token_hash: &str,
+    seq: u64,
+    text: &str,
+) -> Result<(MessageCheck, Option<ClientRecord>)> {
     let Some(client) = tables.client(client_id)? else {
-        return Ok(MessageCheck::Rejected(unknown_client(client_id)));
+        return Ok((MessageCheck::Rejected(unknown_client(client_id)), None));
     };
-    if client.token_hash.as_deref() != Some(token_hash) || client.username.is_none() {
-        return Ok(MessageCheck::Rejected(not_logged_in(client_id)));
-    }
-    let Some(last) = client.last else {
-        return Ok(MessageCheck::New);
-    };
-    if seq > last.seq {
-        return Ok(MessageCheck::New);
-    }
-    if seq < last.seq {
-        return Ok(MessageCheck::Rejected(Rejection::Conflict(format!(
-            "seq {seq} is below the last seq {} of client {client_id}",
-            last.seq
-        ))));
-    }
-    // The same seq again: a retry if the text matches the stored message.
-    if tables
-        .message(last.index)?
-        .is_some_and(|message| message.text == text)
-    {
-        Ok(MessageCheck::Retry(last.index))
+    let check = if client.token_hash.as_deref() != Some(token_hash) || client.username.is_none() {
+        MessageCheck::Rejected(not_logged_in(client_id))
     } else {
-        Ok(MessageCheck::Rejected(Rejection::Conflict(format!(
-            "seq {seq} of client {client_id} was already used for another message"
-        ))))
-    }
+        match client.last {
+            None => MessageCheck::New,
+            Some(last) if seq > last.seq => MessageCheck::New,
+            Some(last) if seq < last.seq => MessageCheck::Rejected(Rejection::Conflict(format!(
+                "seq {seq} is below the last seq {} of client {client_id}",
+                last.seq
+            ))),
+            // The same seq again: a retry if the text matches the stored message.
+            Some(last) => {
+                if tables
+                    .message(last.index)?
+                    .is_some_and(|message| message.text == text)
+                {
+                    MessageCheck::Retry(last.index)
+                } else {
+                    MessageCheck::Rejected(Rejection::Conflict(format!(
+                        "seq {seq} of client {client_id} was already used for another message"
+                    )))
+                }
+            }
+        }
+    };
+    Ok((check, Some(client)))
 }
 
 /// Whether the client is logged in with exactly this token hash.

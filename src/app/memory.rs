@@ -45,7 +45,7 @@ impl MemTables {
             clients: tables.clients()?.into_iter().collect(),
             users: tables.users()?.into_iter().collect(),
             messages: tables.messages(1, u64::MAX)?.into_iter().collect(),
-            counters: tables.counters(),
+            counters: tables.counters()?,
         })
     }
 }
@@ -89,8 +89,8 @@ impl Tables for MemTables {
             .collect())
     }
 
-    fn counters(&self) -> Counters {
-        self.counters
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.counters)
     }
 }
 

@@ -24,7 +24,7 @@ pub trait Tables {
     /// Every user, ordered by name.
     fn users(&self) -> Result<Vec<(String, String)>>;
     /// The counters.
-    fn counters(&self) -> Counters;
+    fn counters(&self) -> Result<Counters>;
 }
 
 /// Writing them. Only `apply` writes, and it writes nothing for a refused request.

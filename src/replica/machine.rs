@@ -38,10 +38,6 @@ impl<S: Store> Machine<S> {
         }
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
     /// Freezes the changes applied so far (ending at applied index `upto`) for a flush.
     pub fn freeze(&mut self, upto: Index) -> Arc<MemTables> {
         let mut layer = std::mem::take(&mut self.active);
@@ -64,6 +60,11 @@ impl<S: Store> Machine<S> {
         self.active = MemTables::default();
         self.frozen.clear();
         self.counters = counters;
+    }
+
+    /// The counters as applied so far (held in memory: reading them cannot fail).
+    pub fn current_counters(&self) -> Counters {
+        self.counters
     }
 
     /// Records held in memory, for the bound the tests check.
@@ -149,8 +150,8 @@ impl<S: Store> Tables for Machine<S> {
         Ok(self.merged(self.store.users()?, |t| &t.users))
     }
 
-    fn counters(&self) -> Counters {
-        self.counters
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.counters)
     }
 }
 

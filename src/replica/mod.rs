@@ -53,7 +53,8 @@ pub use store::{Store, StoreMeta, StoreWrite};
 /// How a replica flushes and compacts, and which rules of its driver it follows.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Flush the applied changes to the store after this many entries...
+    /// Flush the applied changes to the store after this many entries (or `compact_every`,
+    /// if that is fewer)...
     pub flush_every_entries: u64,
     /// ...or after this many ticks with unflushed changes, whichever comes first.
     pub flush_every_ticks: u32,
@@ -183,11 +184,6 @@ impl<S: Store, W> Replica<S, W> {
         self.installing > 0
     }
 
-    /// The index up to which the store is durable.
-    pub fn store_durable(&self) -> Index {
-        self.store_durable
-    }
-
     pub fn view(&self) -> View<'_, S> {
         View {
             node: &self.node,
@@ -195,11 +191,6 @@ impl<S: Store, W> Replica<S, W> {
             applied: self.applied,
             primary_ready: self.primary_ready(),
         }
-    }
-
-    /// Whether a configuration without this server was applied.
-    pub fn is_removed(&self) -> bool {
-        self.removed
     }
 
     /// Starts a new cluster of one (only on an empty log and store).
@@ -264,13 +255,13 @@ impl<S: Store, W> Replica<S, W> {
         if let Some(index) = report.flushed {
             self.flushed(index);
         }
-        if report.installed > 0 && self.installing > 0 {
+        if report.installed > 0 {
             self.installing = self.installing.saturating_sub(report.installed);
-        }
-        if report.installed > 0 && self.installing == 0 {
-            info!(index = self.applied, "the received store is in place");
-            let deferred = std::mem::take(&mut self.deferred);
-            self.apply_entries(deferred)?;
+            if self.installing == 0 {
+                info!(index = self.applied, "the received store is in place");
+                let deferred = std::mem::take(&mut self.deferred);
+                self.apply_entries(deferred)?;
+            }
         }
         Ok(())
     }
@@ -499,7 +490,14 @@ impl<S: Store, W> Replica<S, W> {
         if self.installing > 0 || self.applied <= self.frozen_upto {
             return;
         }
-        let due = self.applied - self.frozen_upto >= self.settings.flush_every_entries.max(1)
+        // At least as often as the log is to be compacted: it can be compacted only up to
+        // what the store holds.
+        let every = self
+            .settings
+            .flush_every_entries
+            .min(self.settings.compact_every)
+            .max(1);
+        let due = self.applied - self.frozen_upto >= every
             || self.ticks_since_flush >= self.settings.flush_every_ticks;
         if !due {
             return;
@@ -509,7 +507,7 @@ impl<S: Store, W> Replica<S, W> {
         };
         let meta = StoreMeta {
             position,
-            counters: crate::app::Tables::counters(&self.machine),
+            counters: self.machine.current_counters(),
         };
         let changes = self.machine.freeze(self.applied);
         self.frozen_upto = self.applied;

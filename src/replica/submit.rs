@@ -32,14 +32,12 @@ impl<S: Store, W> Replica<S, W> {
     /// `Ok(None)`: propose it. `Ok(Some)`: already answered. `Err`: refused.
     fn check(&self, request: &Request) -> Result<Option<Outcome>> {
         let view = self.view();
-        if matches!(request.command, Command::InitClient { .. }) {
-            // A new client id cannot collide with a committed one; only the role matters.
-            if !self.node.is_primary() {
-                return Err(self.node.not_primary());
-            }
-            return Ok(None);
+        // Only a primary whose state is complete judges against it. A new client id cannot
+        // collide with a committed one, so `client/init` needs only the role, which
+        // `propose` checks.
+        if !matches!(request.command, Command::InitClient { .. }) {
+            view.ensure_primary()?;
         }
-        view.ensure_primary()?;
         let tables = &self.machine;
         match &request.command {
             Command::InitClient { .. } => {}

@@ -31,8 +31,8 @@ impl Tables for MemStore {
     fn users(&self) -> Result<Vec<(String, String)>> {
         self.0.borrow().1.users()
     }
-    fn counters(&self) -> Counters {
-        self.0.borrow().0.counters
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.0.borrow().0.counters)
     }
 }
 

@@ -133,13 +133,9 @@ pub async fn serve(
     };
     let store = RedbStore::open(&config.data_dir)?;
     let (tick, options) = timing(config.heartbeat, config.election_timeout);
-    // The store is flushed at least as often as the log is to be compacted: the log can be
-    // compacted only up to what the store holds.
-    let defaults = Settings::default();
     let settings = Settings {
         compact_every: config.compact_every,
-        flush_every_entries: defaults.flush_every_entries.min(config.compact_every),
-        ..defaults
+        ..Settings::default()
     };
     let mut replica = Replica::restore(
         id.clone(),

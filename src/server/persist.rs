@@ -117,9 +117,6 @@ impl Worker {
                             "a store to install without its file".to_string(),
                         ));
                     };
-                    // What was written to the log before the swap is made durable first: the
-                    // swap must not overtake it.
-                    self.sync_log(&mut wrote)?;
                     let installed = self.store.install_incoming(&path)?;
                     if installed != meta {
                         return Err(Error::Corrupt(format!(

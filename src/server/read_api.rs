@@ -17,7 +17,8 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>>
         .driver
         .query(|view| {
             let node = view.node.status();
-            StatusResponse {
+            let counters = view.tables.counters()?;
+            Ok::<_, Error>(StatusResponse {
                 id: node.id,
                 role: node.role.as_str().to_string(),
                 term: node.term,
@@ -25,12 +26,12 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>>
                 members: node.members,
                 commit_index: node.commit_index,
                 applied_index: view.applied,
-                clients: view.tables.counters().clients,
-                logged_in: view.tables.counters().logged_in,
-                messages: view.tables.counters().messages,
-            }
+                clients: counters.clients,
+                logged_in: counters.logged_in,
+                messages: counters.messages,
+            })
         })
-        .await?;
+        .await??;
     Ok(Json(status))
 }
 

@@ -11,7 +11,8 @@
 //! [`CHECKPOINT_EVERY`] entries. It gives the state at any committed index cheaply, which is
 //! what a snapshot (taken, installed, or read back at a restart) must hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 
 use super::storage::LogFile;
 use super::{Invariant, Violation};
@@ -466,41 +467,28 @@ fn difference(found: &MemTables, expected: &MemTables) -> String {
             found.counters, expected.counters
         );
     }
-    if found.users != expected.users {
-        return format!(
-            "{} users, expected {}",
-            found.users.len(),
-            expected.users.len()
-        );
-    }
-    for (id, record) in &expected.clients {
-        if found.clients.get(id) != Some(record) {
-            return format!(
-                "client {id} is {:?}, expected {record:?}",
-                found.clients.get(id)
-            );
-        }
-    }
-    if found.clients.len() != expected.clients.len() {
-        return format!(
-            "{} clients, expected {}",
-            found.clients.len(),
-            expected.clients.len()
-        );
-    }
-    for (index, record) in &expected.messages {
-        if found.messages.get(index) != Some(record) {
-            return format!(
-                "message {index} is {:?}, expected {record:?}",
-                found.messages.get(index)
-            );
-        }
-    }
-    format!(
-        "{} messages, expected {}",
-        found.messages.len(),
-        expected.messages.len()
-    )
+    first_difference("user", &found.users, &expected.users)
+        .or_else(|| first_difference("client", &found.clients, &expected.clients))
+        .or_else(|| first_difference("message", &found.messages, &expected.messages))
+        .unwrap_or_else(|| "nothing (equal)".to_string())
+}
+
+/// The first key at which two tables differ, with both values.
+fn first_difference<K: Ord + Debug, V: PartialEq + Debug>(
+    what: &str,
+    found: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) -> Option<String> {
+    let keys = found.keys().chain(expected.keys()).collect::<BTreeSet<_>>();
+    keys.into_iter()
+        .find(|k| found.get(k) != expected.get(k))
+        .map(|k| {
+            format!(
+                "{what} {k:?} is {:?}, expected {:?}",
+                found.get(k),
+                expected.get(k)
+            )
+        })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::history::History;
 use super::invariants::Invariants;
 use super::network::{Network, Packet, SnapshotTransfer, describe_packet};
 use super::server::{Effects, Server};
-use super::storage::Storage;
+use super::storage::{Storage, StoreChange};
 use super::{Failure, Invariant, Report, SimConfig, Violation};
 use crate::replication::{Entry, Envelope, HardState, NodeId, Payload};
 
@@ -357,13 +357,13 @@ impl Sim {
         s.persisted(synced.report)
             .map_err(|why| Violation::new(Invariant::StoreConsistent, why))?;
         self.invariants.durable_term(server, &id, term)?;
-        for (what, store) in &synced.stores {
-            if *what == "flushed" {
+        for (change, store) in &synced.stores {
+            if *change == StoreChange::Flushed {
                 self.report.flushes += 1;
             }
             if store.meta.position.index > 0 {
                 self.invariants
-                    .store(&id, what, &store.meta.position, &store.tables)?;
+                    .store(&id, change.as_str(), &store.meta.position, &store.tables)?;
             }
         }
         self.trace(|| format!("{id} syncs: {report:?}"));

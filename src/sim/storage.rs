@@ -131,8 +131,8 @@ impl Tables for SimStore {
         self.0.borrow().tables.users()
     }
 
-    fn counters(&self) -> Counters {
-        self.0.borrow().meta.counters
+    fn counters(&self) -> StoreResult<Counters> {
+        Ok(self.0.borrow().meta.counters)
     }
 }
 
@@ -174,12 +174,28 @@ pub struct Storage {
     written: LogFile,
 }
 
+/// How a sync changed the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreChange {
+    Flushed,
+    Installed,
+}
+
+impl StoreChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreChange::Flushed => "flushed",
+            StoreChange::Installed => "installed",
+        }
+    }
+}
+
 /// What a sync did.
 pub struct Synced {
     /// What the replica is told.
     pub report: Persisted,
     /// The store's contents after each flush or swap the sync carried out (for the checks).
-    pub stores: Vec<(&'static str, StoreFile)>,
+    pub stores: Vec<(StoreChange, StoreFile)>,
     /// Log compactions carried out.
     pub compactions: u64,
 }
@@ -278,8 +294,8 @@ impl Storage {
             }
             let what = match &job {
                 DiskJob::Log(_) => None,
-                DiskJob::Flush(..) => Some("flushed"),
-                DiskJob::Install(_) => Some("installed"),
+                DiskJob::Flush(..) => Some(StoreChange::Flushed),
+                DiskJob::Install(_) => Some(StoreChange::Installed),
             };
             self.carry_out(job);
             if let Some(what) = what {

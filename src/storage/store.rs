@@ -173,8 +173,8 @@ impl Tables for RedbStore {
         self.read(ReadView::users_in)
     }
 
-    fn counters(&self) -> Counters {
-        self.meta().map(|meta| meta.counters).unwrap_or_default()
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.meta()?.counters)
     }
 }
 

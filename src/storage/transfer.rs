@@ -68,11 +68,6 @@ impl Exporter {
         }
     }
 
-    /// The meta of the view being sent.
-    pub fn meta(&self) -> Result<StoreMeta> {
-        self.view.meta()
-    }
-
     /// The next chunk, or `None` after the last.
     pub fn next_chunk(&mut self) -> Result<Option<ChunkData>> {
         loop {

@@ -371,6 +371,16 @@ impl Cluster {
     /// Starts server `i` again on its address and data dir, without `--join`. Returns once
     /// it answers `/status`.
     pub async fn restart(&mut self, i: usize) {
+        self.relaunch(i, None).await;
+    }
+
+    /// Starts server `i` again on its address and data dir with `--join` (as its operator
+    /// would, with the command line it was first started with). Returns once it answers.
+    pub async fn restart_joining(&mut self, i: usize, join: &str) {
+        self.relaunch(i, Some(join)).await;
+    }
+
+    async fn relaunch(&mut self, i: usize, join: Option<&str>) {
         assert!(
             self.servers[i].child.is_none(),
             "server {i} is still running"
@@ -378,28 +388,7 @@ impl Cluster {
         // The port was ours until the process exited; retry briefly in case the socket is
         // not free again yet.
         for attempt in 1..=START_ATTEMPTS {
-            self.launch(i, None);
-            if self.wait_answering(i).await {
-                return;
-            }
-            assert!(
-                attempt < START_ATTEMPTS,
-                "server {i} did not restart on {}; stderr:\n{}",
-                self.servers[i].addr,
-                self.stderr(i)
-            );
-        }
-    }
-
-    /// Starts server `i` again on its address and data dir with `--join` (as its operator
-    /// would, with the command line it was first started with). Returns once it answers.
-    pub async fn restart_joining(&mut self, i: usize, join: &str) {
-        assert!(
-            self.servers[i].child.is_none(),
-            "server {i} is still running"
-        );
-        for attempt in 1..=START_ATTEMPTS {
-            self.launch(i, Some(join));
+            self.launch(i, join);
             if self.wait_answering(i).await {
                 return;
             }
