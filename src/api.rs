@@ -133,6 +133,17 @@ pub struct MessagesResponse {
 pub struct MessagesQuery {
     pub from: Option<u64>,
     pub limit: Option<u64>,
+    /// Answer only from a state that holds every write acknowledged before the request
+    /// (primary only; see `ReadQuery`).
+    pub consistent: bool,
+}
+
+/// The query of `GET /status` and `GET /clients`: `consistent=true` asks the primary for a
+/// linearizable read (a confirmation round with a majority first); without it any server
+/// answers from its own applied state, which may lag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadQuery {
+    pub consistent: bool,
 }
 
 /// `POST /new-primary` on a client's notification listener.

@@ -28,6 +28,7 @@
 
 mod machine;
 mod output;
+mod reads;
 mod restore;
 mod store;
 mod submit;
@@ -42,8 +43,8 @@ use tracing::{debug, error, info};
 use crate::app::{Request, apply, client_addresses};
 use crate::error::{Error, Result};
 use crate::replication::{
-    Entry, Envelope, Index, Message, Node, NodeId, Output as NodeOutput, Payload, RoleKind, Term,
-    Write,
+    Entry, Envelope, Index, Message, Node, NodeId, Output as NodeOutput, Payload, ReadId,
+    RoleKind, Term, Write,
 };
 
 pub use machine::Machine;
@@ -101,17 +102,6 @@ impl<S> View<'_, S> {
         }
         Ok(())
     }
-
-    /// `refusal` if this primary may trust its state to refuse (it heard from a majority
-    /// within half an election timeout), else "no primary, retry": a primary deposed without
-    /// knowing it must not turn a client away on the strength of a state that moved on.
-    pub fn refuse(&self, refusal: Error) -> Error {
-        if self.node.has_fresh_quorum() {
-            refusal
-        } else {
-            Error::NoPrimary
-        }
-    }
 }
 
 /// A removal waiting for its configuration entry: (index, term proposed in, waiter).
@@ -138,6 +128,12 @@ pub struct Replica<S, W> {
     pending: BTreeMap<Index, (Term, W)>,
     joins: Vec<(NodeId, W)>,
     removals: Vec<PendingRemoval<W>>,
+    /// Reads waiting for their confirmation round, and confirmed ones waiting for the
+    /// state to apply their index.
+    reads: BTreeMap<ReadId, reads::ReadWait<W>>,
+    confirmed: Vec<(Index, reads::ReadWait<W>)>,
+    /// Callers waiting for a hand-over to complete.
+    hand_overs: Vec<W>,
     removed: bool,
     /// Jobs handed to the storage side, and how many it reported done.
     jobs_issued: u64,
@@ -201,6 +197,11 @@ impl<S: Store, W> Replica<S, W> {
     /// Protocol messages from a peer.
     pub fn step(&mut self, envelope: Envelope) {
         self.node.step(envelope);
+    }
+
+    /// The connection from `peer` closed (see `Node::connection_lost`).
+    pub fn connection_lost(&mut self, peer: &NodeId) {
+        self.node.connection_lost(peer);
     }
 
     /// One unit of logical time.
@@ -327,17 +328,23 @@ impl<S: Store, W> Replica<S, W> {
                     term,
                     primary,
                 } => self.role_changed(role, term, primary),
+                NodeOutput::Election { term, cause } => {
+                    self.outputs.push(Output::Election { term, cause })
+                }
+                NodeOutput::ReadReady { id, index } => self.read_confirmed(id, index),
             }
         }
         if !log.is_empty() {
             self.persist(Job::Log(log));
         }
+        self.serve_reads();
+        self.check_hand_overs();
         self.maybe_flush();
         Ok(std::mem::take(&mut self.outputs))
     }
 
-    /// Fails every waiter (at shutdown, or when the server stops).
-    pub fn fail_all(&mut self, error: impl Fn() -> Error) -> Vec<(W, Answer)> {
+    /// Fails every request that waits for this server to be the primary.
+    fn fail_requests(&mut self, error: impl Fn() -> Error) -> Vec<(W, Answer)> {
         let mut failed = Vec::new();
         for (_, (_, waiter)) in std::mem::take(&mut self.pending) {
             failed.push((waiter, Answer::Outcome(Err(error()))));
@@ -347,6 +354,16 @@ impl<S: Store, W> Replica<S, W> {
         }
         for (_, _, waiter) in std::mem::take(&mut self.removals) {
             failed.push((waiter, Answer::Removed(Err(error()))));
+        }
+        failed.extend(self.fail_reads(&error));
+        failed
+    }
+
+    /// Fails every waiter, a hand-over's too (at shutdown, or when the server stops).
+    pub fn fail_all(&mut self, error: impl Fn() -> Error) -> Vec<(W, Answer)> {
+        let mut failed = self.fail_requests(&error);
+        for waiter in std::mem::take(&mut self.hand_overs) {
+            failed.push((waiter, Answer::HandedOver(Err(error()))));
         }
         failed
     }
@@ -474,7 +491,7 @@ impl<S: Store, W> Replica<S, W> {
             if !self.pending.is_empty() {
                 debug!(count = self.pending.len(), "failing pending proposals");
             }
-            for (waiter, answer) in self.fail_all(|| not_primary.clone()) {
+            for (waiter, answer) in self.fail_requests(|| not_primary.clone()) {
                 self.reply(waiter, answer);
             }
         }

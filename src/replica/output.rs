@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::store::StoreMeta;
 use crate::app::{MemTables, Outcome, Posted};
 use crate::error::Result;
-use crate::replication::{Entry, Envelope, Index, NodeId, RoleKind, Term, Write};
+use crate::replication::{ElectionCause, Entry, Envelope, Index, NodeId, RoleKind, Term, Write};
 
 /// What the driver must do, in the order given.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub enum Output<W> {
     },
     /// A configuration without this server was applied: it no longer takes part.
     Removed,
+    /// This server starts an election, for this reason (to be logged).
+    Election { term: Term, cause: ElectionCause },
 }
 
 /// Work for the storage side. Carried out in order; each is reported done in order.
@@ -84,6 +86,10 @@ pub enum Answer {
     Joined(Result<Membership>),
     /// A removal: the remaining members.
     Removed(Result<Vec<NodeId>>),
+    /// A read: confirmed (answer it from the state as it is now), or refused.
+    Read(Result<()>),
+    /// A hand-over: the new primary.
+    HandedOver(Result<NodeId>),
 }
 
 /// Who the primary is and who the members are, as a joining server is told.
@@ -99,6 +105,10 @@ pub struct Membership {
 pub enum Submitted<W> {
     /// Proposed at this index; the answer comes when it is applied.
     Pending(Index),
+    /// The state says no; the refusal is given (as a `Reply`) once a confirmation round
+    /// shows this server is still the primary, or the request is proposed after all if the
+    /// state moved meanwhile.
+    Confirming,
     /// Answered at once: refused, or a retry of a message already on the board.
     Done(W, Result<Outcome>),
 }

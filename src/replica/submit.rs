@@ -5,8 +5,12 @@
 //! the check and the commit); checking first means a bad request changes nothing and costs
 //! no log entry, and a retried demo message is answered with its original index without
 //! being proposed again. A refusal that rests on the state (404, 401, 409) is given only
-//! while the primary heard from a majority recently (`View::refuse`).
+//! after a confirmation round (ReadIndex, `reads.rs`) shows this server was still the
+//! primary when the request came: a primary deposed without knowing it must not turn a
+//! client away on the strength of a state that moved on. The request is checked again
+//! then, so if the state moved meanwhile it is proposed after all.
 
+use super::reads::ReadWait;
 use super::{Replica, Store, Submitted};
 use crate::app::{Command, MessageCheck, Outcome, Request, Tables, check_message, session_valid};
 use crate::error::{Error, Result};
@@ -15,9 +19,30 @@ impl<S: Store, W> Replica<S, W> {
     /// Checks and proposes a client request; `waiter` is answered when it is applied, or at
     /// once (returned) if it is refused or already answered.
     pub fn submit(&mut self, request: Request, waiter: W) -> Submitted<W> {
+        self.submit_checked(request, waiter, false)
+    }
+
+    /// `confirmed`: a confirmation round began after the request came, so a refusal from
+    /// the state is final.
+    pub(super) fn submit_checked(
+        &mut self,
+        request: Request,
+        waiter: W,
+        confirmed: bool,
+    ) -> Submitted<W> {
         match self.check(&request) {
-            Ok(None) => {}
-            Ok(Some(outcome)) => return Submitted::Done(waiter, Ok(outcome)),
+            Ok(Checked::Propose) => {}
+            Ok(Checked::Answered(outcome)) => return Submitted::Done(waiter, Ok(outcome)),
+            Ok(Checked::Refused(err)) if confirmed => return Submitted::Done(waiter, Err(err)),
+            Ok(Checked::Refused(_)) => {
+                return match self.node.read_index() {
+                    Ok(id) => {
+                        self.reads.insert(id, ReadWait::Recheck(request, waiter));
+                        Submitted::Confirming
+                    }
+                    Err(err) => Submitted::Done(waiter, Err(err)),
+                };
+            }
             Err(err) => return Submitted::Done(waiter, Err(err)),
         }
         match self.node.propose(request.encode()) {
@@ -29,8 +54,9 @@ impl<S: Store, W> Replica<S, W> {
         }
     }
 
-    /// `Ok(None)`: propose it. `Ok(Some)`: already answered. `Err`: refused.
-    fn check(&self, request: &Request) -> Result<Option<Outcome>> {
+    /// What the primary's state says of a request; `Err` if it cannot judge (not the
+    /// primary, not ready, the store failed).
+    fn check(&self, request: &Request) -> Result<Checked> {
         let view = self.view();
         // Only a primary whose state is complete judges against it. A new client id cannot
         // collide with a committed one, so `client/init` needs only the role, which
@@ -43,9 +69,9 @@ impl<S: Store, W> Replica<S, W> {
             Command::InitClient { .. } => {}
             Command::Register { username, .. } => {
                 if tables.user(username)?.is_some() {
-                    return Err(
-                        view.refuse(Error::Conflict(format!("username {username} is taken")))
-                    );
+                    return Ok(Checked::Refused(Error::Conflict(format!(
+                        "username {username} is taken"
+                    ))));
                 }
             }
             Command::Login {
@@ -54,12 +80,14 @@ impl<S: Store, W> Replica<S, W> {
                 ..
             } => {
                 if tables.client(client_id)?.is_none() {
-                    return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
+                    return Ok(Checked::Refused(Error::NotFound(format!(
+                        "no client {client_id}"
+                    ))));
                 }
                 // The handler verified the password against the stored hash; the user must
                 // still be there.
                 if tables.user(username)?.is_none() {
-                    return Err(view.refuse(Error::Unauthorized(
+                    return Ok(Checked::Refused(Error::Unauthorized(
                         "wrong username or password".to_string(),
                     )));
                 }
@@ -69,10 +97,12 @@ impl<S: Store, W> Replica<S, W> {
                 token_hash,
             } => {
                 if tables.client(client_id)?.is_none() {
-                    return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
+                    return Ok(Checked::Refused(Error::NotFound(format!(
+                        "no client {client_id}"
+                    ))));
                 }
                 if !session_valid(tables, client_id, token_hash)? {
-                    return Err(view.refuse(Error::Unauthorized(
+                    return Ok(Checked::Refused(Error::Unauthorized(
                         "not logged in with this token".to_string(),
                     )));
                 }
@@ -84,12 +114,22 @@ impl<S: Store, W> Replica<S, W> {
                 text,
             } => match check_message(tables, client_id, token_hash, *seq, text)? {
                 MessageCheck::New => {}
-                MessageCheck::Retry(index) => return Ok(Some(Outcome::Posted { index })),
+                MessageCheck::Retry(index) => return Ok(Checked::Answered(Outcome::Posted { index })),
                 MessageCheck::Rejected(rejection) => {
-                    return Err(view.refuse(rejection.into_error()));
+                    return Ok(Checked::Refused(rejection.into_error()));
                 }
             },
         }
-        Ok(None)
+        Ok(Checked::Propose)
     }
+}
+
+/// What the primary's state says of a request.
+enum Checked {
+    /// Nothing refuses it: propose it.
+    Propose,
+    /// Answered already (a retried message that is on the board: committed, so final).
+    Answered(Outcome),
+    /// The state refuses it; final only after a confirmation round.
+    Refused(Error),
 }

@@ -130,7 +130,7 @@ impl One {
             command,
         };
         match self.replica.submit(request, waiter) {
-            Submitted::Pending(_) => None,
+            Submitted::Pending(_) | Submitted::Confirming => None,
             Submitted::Done(_, result) => Some(result),
         }
     }
@@ -192,9 +192,13 @@ fn a_message_is_checked_and_proposed_in_one_call() {
         Some(Some(Outcome::Posted { index })),
         "the retry is answered at once"
     );
+    // A refusal from the state waits for a confirmation round (ReadIndex); a cluster of
+    // one confirms it in its next turn.
+    assert!(one.submit(message(1, "other text"), 12).is_none());
+    one.settle();
     assert!(matches!(
-        one.submit(message(1, "other text"), 12),
-        Some(Err(crate::Error::Conflict(_)))
+        one.replies.last(),
+        Some((12, Answer::Outcome(Err(crate::Error::Conflict(_)))))
     ));
     assert_eq!(
         one.replica.node().status().last_index,

@@ -52,30 +52,41 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Primary to backup: append `entries` after the entry at `prev_index` with `prev_term`.
-    /// With no entries this is a heartbeat. `commit` is the primary's commit index.
+    /// With no entries this is a heartbeat. `commit` is the primary's commit index. `round`
+    /// is the primary's latest confirmation round (ReadIndex): the answer echoes it, and a
+    /// majority echoing a round proves the primary was still the primary when it began.
     Append {
         prev_index: Index,
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
+        round: u64,
     },
     /// Backup to primary: the backup's log matches the primary's up to `match_index`, and
-    /// everything up to there is durable on the backup.
-    AppendAccepted { match_index: Index },
+    /// everything up to there is durable on the backup. `round` echoes the append's.
+    AppendAccepted { match_index: Index, round: u64 },
     /// Backup to primary: the entry at `prev_index` did not match. `hint` is an index at or
     /// below which the primary should try next; `last_index` is the backup's last entry.
+    /// `round` echoes the append's: a rejection in the same term still confirms the primary.
     AppendRejected {
         prev_index: Index,
         hint: Index,
         last_index: Index,
+        round: u64,
     },
     /// Candidate to everyone: vote for me. With `pre` set this is a pre-vote: nobody changes
-    /// term or records a vote, it only asks "would you vote for me?".
+    /// term or records a vote, it only asks "would you vote for me?". With `transfer` set the
+    /// primary handed its office over to the candidate (`TimeoutNow`): voters answer even
+    /// though they heard from that primary a moment ago.
     Vote {
         last_index: Index,
         last_term: Term,
         pre: bool,
+        transfer: bool,
     },
+    /// Primary to the backup it hands over to, once the backup holds the whole log: campaign
+    /// now, without a pre-vote (Raft thesis 3.10).
+    TimeoutNow,
     /// The answer to a `Vote`.
     VoteResponse { granted: bool, pre: bool },
 }
@@ -92,6 +103,7 @@ impl Message {
             Message::Vote { .. } => "Vote",
             Message::VoteResponse { pre: true, .. } => "PreVoteResponse",
             Message::VoteResponse { .. } => "VoteResponse",
+            Message::TimeoutNow => "TimeoutNow",
         }
     }
 }

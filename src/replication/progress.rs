@@ -24,8 +24,10 @@ pub struct Progress {
     snapshot: Option<Index>,
     /// The primary's tick at which the backup last answered, 0 before its first answer. The
     /// one record of "answered recently": check-quorum asks whether it falls after the last
-    /// check, the refusal lease whether it falls within half an election timeout.
+    /// check.
     last_heard: u64,
+    /// The highest confirmation round the backup echoed (ReadIndex).
+    pub round: u64,
 }
 
 impl Progress {
@@ -39,7 +41,13 @@ impl Progress {
             stalled_ticks: 0,
             snapshot: None,
             last_heard: 0,
+            round: 0,
         }
+    }
+
+    /// The backup answered an append of confirmation round `round`.
+    pub fn echoed(&mut self, round: u64) {
+        self.round = self.round.max(round);
     }
 
     /// The backup answered (accepted or rejected) at the primary's tick `now`.

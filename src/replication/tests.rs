@@ -12,6 +12,8 @@ struct Cluster {
     queue: VecDeque<Envelope>,
     applied: BTreeMap<NodeId, Vec<Entry>>,
     writes: BTreeMap<NodeId, usize>,
+    /// Confirmed reads per node: (id, index).
+    reads: BTreeMap<NodeId, Vec<(ReadId, Index)>>,
 }
 
 fn id(n: usize) -> NodeId {
@@ -48,12 +50,21 @@ impl Cluster {
                 (m.clone(), node)
             })
             .collect();
-        Cluster {
+        let mut cluster = Cluster {
             nodes,
             queue: VecDeque::new(),
             applied: BTreeMap::new(),
             writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+        };
+        // Past the first moments after a start, in which a server refuses votes (a primary
+        // may be there, not heard from yet); well short of any election timeout.
+        for _ in 0..3 {
+            for node in cluster.nodes.values_mut() {
+                node.tick();
+            }
         }
+        cluster
     }
 
     fn node(&mut self, n: usize) -> &mut Node {
@@ -71,7 +82,12 @@ impl Cluster {
                     let last = entries.last().expect("writes are never empty");
                     durable = Some((last.index, last.term));
                 }
-                Output::Write(Write::HardState(_)) | Output::RoleChanged { .. } => {}
+                Output::Write(Write::HardState(_))
+                | Output::RoleChanged { .. }
+                | Output::Election { .. } => {}
+                Output::ReadReady { id, index } => {
+                    self.reads.entry(who.clone()).or_default().push((id, index))
+                }
                 Output::Write(Write::Compact(_)) | Output::SendSnapshot { .. } => {
                     panic!("these scenarios never compact the log")
                 }

@@ -55,16 +55,19 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<RegisterResponse>)> {
     validate_username(&body.username)?;
     validate_password(&body.password)?;
+    // Before the costly hash: is the name free? A "taken" is given only after a
+    // confirmation round (a deposed primary's state may be stale).
     let username = body.username.clone();
-    app.driver
-        .query(move |view| {
-            view.ensure_primary()?;
-            if view.tables.user(&username)?.is_some() {
-                return Err(view.refuse(Error::Conflict(format!("username {username} is taken"))));
-            }
-            Ok(())
-        })
-        .await??;
+    let taken = move |view: &super::driver::ServerView<'_>| -> Result<bool> {
+        view.ensure_primary()?;
+        Ok(view.tables.user(&username)?.is_some())
+    };
+    if app.driver.query(taken.clone()).await?? && app.driver.query_consistent(taken).await?? {
+        return Err(Error::Conflict(format!(
+            "username {} is taken",
+            body.username
+        )));
+    }
     let password_hash = hash_password(body.password).await?;
     let command = Command::Register {
         username: body.username,
@@ -89,19 +92,16 @@ pub async fn auth(
     let attempted = Instant::now();
     app.login_limiter.attempt(&body.username, attempted)?;
     let (client_id, username) = (body.client_id.clone(), body.username.clone());
+    // Read after a confirmation round: an unknown client or user is a refusal, which a
+    // deposed primary's stale state must not give (and a login is rare next to the hash).
     let stored = app
         .driver
-        .query(move |view| {
+        .query_consistent(move |view| {
             view.ensure_primary()?;
             if view.tables.client(&client_id)?.is_none() {
-                return Err(view.refuse(Error::NotFound(format!("no client {client_id}"))));
+                return Err(Error::NotFound(format!("no client {client_id}")));
             }
-            let stored = view.tables.user(&username)?;
-            if stored.is_none() && !view.node.has_fresh_quorum() {
-                // An unknown user means a wrong password only if the state is fresh.
-                return Err(Error::NoPrimary);
-            }
-            Ok(stored)
+            view.tables.user(&username)
         })
         .await
         .and_then(|stored| stored)

@@ -14,7 +14,7 @@
 pub(crate) mod auth;
 mod client_api;
 mod credentials;
-mod driver;
+pub(crate) mod driver;
 mod join;
 mod notify;
 mod peer_api;

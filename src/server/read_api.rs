@@ -1,5 +1,7 @@
 //! The read endpoints: `GET /status`, `/clients`, `/messages`. Any server answers them from
-//! its own applied state (a backup may lag the primary a little).
+//! its own applied state (a backup may lag the primary a little). With `?consistent=true`
+//! only the primary answers, after a confirmation round with a majority (ReadIndex), from a
+//! state that holds every write acknowledged before the request.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -7,15 +9,31 @@ use axum::extract::{RawQuery, State};
 use super::AppState;
 use crate::api::{
     ClientInfo, ClientsResponse, DEFAULT_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT, MessageInfo,
-    MessagesQuery, MessagesResponse, StatusResponse,
+    MessagesQuery, MessagesResponse, ReadQuery, StatusResponse,
 };
+use crate::server::driver::{DriverHandle, ServerView};
+
+/// Runs `read` on the replica: at once, or after a confirmation round if `consistent`.
+async fn read_state<T, F>(driver: &DriverHandle, consistent: bool, read: F) -> Result<T>
+where
+    F: FnOnce(&ServerView<'_>) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if consistent {
+        driver.query_consistent(read).await
+    } else {
+        driver.query(read).await
+    }
+}
 use crate::app::{Tables, board, client_summaries};
 use crate::error::{Error, Result};
 
-pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>> {
-    let status = app
-        .driver
-        .query(|view| {
+pub async fn status(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<StatusResponse>> {
+    let query = read_query(query.as_deref().unwrap_or(""))?;
+    let status = read_state(&app.driver, query.consistent, |view| {
             let node = view.node.status();
             let counters = view.tables.counters()?;
             Ok::<_, Error>(StatusResponse {
@@ -35,11 +53,15 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<StatusResponse>>
     Ok(Json(status))
 }
 
-pub async fn clients(State(app): State<AppState>) -> Result<Json<ClientsResponse>> {
-    let clients = app
-        .driver
-        .query(|view| client_summaries(view.tables))
-        .await??
+pub async fn clients(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ClientsResponse>> {
+    let query = read_query(query.as_deref().unwrap_or(""))?;
+    let clients = read_state(&app.driver, query.consistent, |view| {
+        client_summaries(view.tables)
+    })
+    .await??
         .into_iter()
         .map(|c| ClientInfo {
             client_id: c.client_id,
@@ -63,10 +85,10 @@ pub async fn messages(
             "limit must be 1 to {MAX_MESSAGES_LIMIT}"
         )));
     }
-    let messages = app
-        .driver
-        .query(move |view| board(view.tables, from, limit))
-        .await??
+    let messages = read_state(&app.driver, query.consistent, move |view| {
+        board(view.tables, from, limit)
+    })
+    .await??
         .into_iter()
         .map(|m| MessageInfo {
             index: m.index,
@@ -92,8 +114,30 @@ fn serde_urlencoded_query(query: &str) -> Result<MessagesQuery> {
         match key {
             "from" => parsed.from = Some(number()?),
             "limit" => parsed.limit = Some(number()?),
+            "consistent" => parsed.consistent = flag(key, value)?,
             _ => return Err(Error::BadRequest(format!("unknown query parameter {key}"))),
         }
     }
     Ok(parsed)
+}
+
+/// Parses `consistent=true|false`; anything else is a 400.
+fn read_query(query: &str) -> Result<ReadQuery> {
+    let mut parsed = ReadQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "consistent" => parsed.consistent = flag(key, value)?,
+            _ => return Err(Error::BadRequest(format!("unknown query parameter {key}"))),
+        }
+    }
+    Ok(parsed)
+}
+
+fn flag(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(Error::BadRequest(format!("{key} must be true or false"))),
+    }
 }

@@ -8,10 +8,10 @@
 //!
 //! Like the real handlers (`client_api.rs`), a primary serves a request only once it is
 //! ready (its own term's no-op applied, and with it every earlier entry), so that its
-//! pre-checks against its applied state see everything committed before its term. A deposed
-//! primary that does not know it yet can still judge from a stale state and refuse with
-//! `not_found` or `unauthorized`; the simulated client counts such refusals
-//! (`Report::stale_prechecks`) and tries again.
+//! pre-checks against its applied state see everything committed before its term. A
+//! refusal from the state (`not_found`, `unauthorized`) is given only after a confirmation
+//! round (ReadIndex), so a client whose earlier steps were acknowledged is never refused:
+//! any such refusal breaks the client history.
 
 use rand::Rng;
 
@@ -83,6 +83,11 @@ impl Sim {
                 self.queue.schedule(attempt.deadline, Event::Client(c));
                 self.drain(server)
             }
+            Submitted::Confirming => {
+                self.trace(|| format!("{client_id} {step:?} refused by {id}'s state; confirming"));
+                self.queue.schedule(attempt.deadline, Event::Client(c));
+                self.drain(server)
+            }
             Submitted::Answered(outcome) => {
                 self.trace(|| format!("{client_id} {step:?} answered by {id}: {outcome:?}"));
                 self.client_done(c, outcome)
@@ -143,26 +148,11 @@ impl Sim {
                 client.another_server(servers, &mut self.rng);
                 self.rng.random_range(2 * TICK..=6 * TICK)
             }
+            // The primary is handing over: the same server soon points to the new one.
+            Error::Unavailable(_) => self.rng.random_range(1..=2 * TICK),
             // A retried registration finds the user registered by an earlier attempt.
             Error::Conflict(m) if client.step == Step::Register => {
                 return self.client_done(c, Outcome::Rejected(Rejection::Conflict(m)));
-            }
-            // The pre-check ran against an applied state that lags (see `clients.rs`).
-            Error::NotFound(m) | Error::Unauthorized(m)
-                if matches!(client.step, Step::Login | Step::Message(_)) =>
-            {
-                self.report.stale_prechecks += 1;
-                if self.report.stale_precheck.is_none() {
-                    let asked = &self.servers[client.target];
-                    let term = asked.node().map_or(0, |n| n.term());
-                    let newest = self.invariants.newest_primary_term();
-                    self.report.stale_precheck = Some(format!(
-                        "t={} {} {:?} refused by {} in term {term} (newest primary's \
-                         term {newest}): {m}",
-                        self.now, client.id, client.step, asked.id
-                    ));
-                }
-                self.rng.random_range(TICK..=5 * TICK)
             }
             other => {
                 return Err(Violation::new(

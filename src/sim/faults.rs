@@ -34,8 +34,13 @@ pub struct Plan {
     pub max_sync_delay: Time,
     /// The nemesis strikes about this often.
     pub nemesis_every: Time,
-    /// Relative weights of crash, pause, partition, removing a member, and doing nothing.
-    pub weights: [u32; 5],
+    /// Relative weights of crash, pause, partition, removing a member, doing nothing,
+    /// cutting a connection between two servers, and the primary handing over.
+    pub weights: [u32; 7],
+    /// A calm run: no crash but of a backup, no pause, partition, removal, drop or long
+    /// delay; only backup restarts, cut connections and hand-overs. After the first primary
+    /// has settled in, nothing may depose it but a hand-over (`Invariant::StickyPrimary`).
+    pub calm: bool,
     /// A crashed server restarts, a paused one resumes, a partition heals within this.
     pub max_outage: Time,
     pub clients: usize,
@@ -57,6 +62,11 @@ pub enum Fault {
     /// The primary removes a member (which later asks to join again).
     Remove,
     Nothing,
+    /// The connection between two servers breaks (both see it close); messages still flow
+    /// on the next one.
+    CutConnection(usize, usize),
+    /// The primary hands its office over (a SIGTERM, or `admin transfer`).
+    HandOver,
 }
 
 impl Plan {
@@ -90,7 +100,10 @@ impl Plan {
                 pick(rng, &[1, 3]),
                 pick(rng, &[0, 1]),
                 pick(rng, &[0, 2]),
+                0,
+                0,
             ],
+            calm: false,
             max_outage: pick(rng, &[100, 300, 800]),
             clients: rng.random_range(1..=4),
             settings: Settings::default(),
@@ -103,7 +116,24 @@ impl Plan {
             strict_gating: plan.strict_gating,
             observe: true,
         };
+        // Drawn last, so that the plans above stay what they were for every seed.
+        plan.weights[5] = pick(rng, &[0, 1, 2]);
+        plan.weights[6] = pick(rng, &[0, 0, 1]);
+        if bug == Some(PlantedBug::PreVoteWhileHearingPrimary) || rng.random_bool(0.15) {
+            plan.calm();
+        }
         plan
+    }
+
+    /// Turns this plan into a calm one (see `calm`).
+    fn calm(&mut self) {
+        self.calm = true;
+        self.join = false;
+        self.weights = [2, 0, 0, 0, 1, 3, 1];
+        self.network.drop = 0.0;
+        self.network.long = 0.0;
+        self.network.max_delay = self.network.max_delay.min(8);
+        self.max_sync_delay = self.max_sync_delay.min(10);
     }
 
     /// The nemesis' next move on a cluster of `servers`.
@@ -118,6 +148,8 @@ impl Plan {
                     1 => Fault::Pause(server),
                     2 => Fault::Partition,
                     3 => Fault::Remove,
+                    5 => Fault::CutConnection(server, rng.random_range(0..servers)),
+                    6 => Fault::HandOver,
                     _ => Fault::Nothing,
                 };
             }

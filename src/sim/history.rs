@@ -33,6 +33,8 @@ pub struct History {
     sent: BTreeMap<(String, u64), (String, Time)>,
     /// (client, seq) → its acknowledgement (the first; later ones must agree).
     acks: BTreeMap<(String, u64), Ack>,
+    /// The highest index acknowledged so far.
+    highest: u64,
 }
 
 impl History {
@@ -45,6 +47,12 @@ impl History {
 
     pub fn acknowledged_count(&self) -> u64 {
         self.acks.len() as u64
+    }
+
+    /// The highest index of a message acknowledged so far: a consistent read that begins
+    /// now must see at least this much.
+    pub fn highest_acknowledged(&self) -> u64 {
+        self.highest
     }
 
     /// A client was told its message `seq` is at `index`. Two answers for the same message
@@ -66,6 +74,7 @@ impl History {
             }
             return Ok(());
         }
+        self.highest = self.highest.max(index);
         self.acks.insert(
             key,
             Ack {

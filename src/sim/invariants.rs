@@ -74,11 +74,6 @@ impl Invariants {
         }
     }
 
-    /// The highest term that has had a primary.
-    pub fn newest_primary_term(&self) -> Term {
-        self.primaries.keys().next_back().copied().unwrap_or(0)
-    }
-
     /// The highest committed index so far.
     pub fn commit_index(&self) -> u64 {
         self.committed.len() as u64

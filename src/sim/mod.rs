@@ -46,6 +46,7 @@ mod history;
 mod invariants;
 mod nemesis;
 mod network;
+mod reads;
 mod runner;
 mod scenarios;
 mod server;
@@ -146,6 +147,12 @@ pub enum Invariant {
     /// The core or the replica panicked (their own assertions, e.g. "two primaries in term
     /// 7", or an entry applied out of order).
     NodePanic,
+    /// A consistent read was served from a state older than a write acknowledged before
+    /// the read began (see `reads.rs`).
+    StaleRead,
+    /// In a calm run, a settled primary was deposed by something other than a hand-over
+    /// (see `reads.rs`).
+    StickyPrimary,
 }
 
 /// A broken invariant, with what the checker saw.
@@ -213,12 +220,18 @@ pub struct Report {
     pub dropped: u64,
     /// Client requests that timed out.
     pub timeouts: u64,
-    /// Client requests refused by a primary's pre-check against an applied state that had
-    /// not caught up with what was already acknowledged (see the module doc of `clients.rs`):
-    /// only a deposed primary that does not know it yet should do that.
-    pub stale_prechecks: u64,
-    /// The first of them, described.
-    pub stale_precheck: Option<String>,
+    /// Connections cut by the nemesis.
+    pub cut_connections: u64,
+    /// Hand-overs the nemesis asked a primary for.
+    pub hand_overs: u64,
+    /// Elections started because the connection from the primary closed.
+    pub elections_on_lost_connection: u64,
+    /// Elections started because the primary handed over.
+    pub elections_on_hand_over: u64,
+    /// Consistent reads served (each checked).
+    pub consistent_reads: u64,
+    /// Whether this was a calm run (see `faults.rs`).
+    pub calm: bool,
     /// Whether the cluster started from one server that the others joined.
     pub joined: bool,
     /// Whether appends also waited for the writes before them.

@@ -1,6 +1,13 @@
-//! The nemesis at work: crashes, pauses, partitions and removals carried out on the running
-//! cluster (what to do and how often is drawn in `faults.rs`), joins of servers that are
-//! not members, and the end of all faults before the healing phase.
+//! The nemesis at work: crashes, pauses, partitions, removals, cut connections and
+//! hand-overs carried out on the running cluster (what to do and how often is drawn in
+//! `faults.rs`), joins of servers that are not members, and the end of all faults before
+//! the healing phase.
+//!
+//! Connections are modelled only by their closing, which is what a server can observe: a
+//! crashed server's kernel closes its connections at once, so every peer sees them close a
+//! moment later; a cut connection is seen closing by both ends. A paused server's
+//! connections stay open, and a partition closes nothing (the servers find out by their
+//! timeouts).
 
 use rand::Rng;
 
@@ -17,7 +24,24 @@ impl Sim {
         }
         let servers = self.servers.len();
         match self.plan.next_fault(&mut self.rng, servers) {
+            // A calm run restarts only a backup, and only while every other server is up.
+            Fault::Crash(server) if self.plan.calm && !self.settled_backup(server) => {}
             Fault::Crash(server) if self.servers[server].is_up() => self.crash(server)?,
+            Fault::CutConnection(a, b) if a != b => {
+                self.report.cut_connections += 1;
+                self.trace(|| format!("the connection between n{} and n{} breaks", a + 1, b + 1));
+                self.connection_closes(a, b);
+                self.connection_closes(b, a);
+            }
+            Fault::HandOver => {
+                if let Some(p) = self.primary() {
+                    self.report.hand_overs += 1;
+                    let id = self.servers[p].id.clone();
+                    self.trace(|| format!("{id} is asked to hand over"));
+                    self.servers[p].hand_over();
+                    self.drain(p)?;
+                }
+            }
             Fault::Pause(server) if self.servers[server].is_running() => self.pause(server),
             Fault::Partition if !self.network.is_partitioned() => {
                 let groups = self.network.partition(servers, &mut self.rng);
@@ -58,7 +82,27 @@ impl Sim {
         });
         let at = self.now + self.rng.random_range(TICK..=self.plan.max_outage);
         self.queue.schedule(at, Event::Restart { server, epoch });
+        // Its kernel closes its connections: every peer sees them close.
+        for peer in 0..self.servers.len() {
+            if peer != server {
+                self.connection_closes(peer, server);
+            }
+        }
         Ok(())
+    }
+
+    /// `server` will see its connection from `peer` close, a moment from now.
+    fn connection_closes(&mut self, server: usize, peer: usize) {
+        let epoch = self.servers[server].epoch;
+        let at = self.now + self.rng.random_range(1..=TICK / 2);
+        self.queue.schedule(
+            at,
+            Event::ConnectionClosed {
+                server,
+                peer,
+                epoch,
+            },
+        );
     }
 
     /// Freezes a server: no ticks, no syncs; messages to it wait or are lost.
@@ -106,6 +150,22 @@ impl Sim {
             let at = self.now + self.rng.random_range(1..=TICK);
             self.queue.schedule(at, Event::Deliver(packet));
         }
+    }
+
+    /// Whether `server` is a backup of a settled cluster: every server up and following
+    /// the same primary (not in the middle of a hand-over or an election), which is not
+    /// `server`. A calm run restarts only such a backup.
+    fn settled_backup(&self, server: usize) -> bool {
+        let Some(p) = self.primary() else {
+            return false;
+        };
+        let primary = self.servers[p].id.clone();
+        p != server
+            && self.servers[p].node().is_some_and(|n| n.handing_over().is_none())
+            && self
+                .servers
+                .iter()
+                .all(|s| s.node().is_some_and(|n| n.primary().as_ref() == Some(&primary)))
     }
 
     /// The running primary of the highest term, as redirects would find it.

@@ -186,27 +186,32 @@ pub fn describe(env: &Envelope) -> String {
             prev_term,
             entries,
             commit,
+            round,
         } => {
             let entries: Vec<String> = entries
                 .iter()
                 .map(|e| format!("{}@{}", e.index, e.term))
                 .collect();
             format!(
-                "{head} prev={prev_index}@{prev_term} [{}] commit={commit}",
+                "{head} prev={prev_index}@{prev_term} [{}] commit={commit} round={round}",
                 entries.join(" ")
             )
         }
-        Message::AppendAccepted { match_index } => format!("{head} match={match_index}"),
+        Message::AppendAccepted { match_index, round } => {
+            format!("{head} match={match_index} round={round}")
+        }
         Message::AppendRejected {
             prev_index,
             hint,
             last_index,
-        } => format!("{head} prev={prev_index} hint={hint} last={last_index}"),
+            round,
+        } => format!("{head} prev={prev_index} hint={hint} last={last_index} round={round}"),
         Message::Vote {
             last_index,
             last_term,
             ..
         } => format!("{head} last={last_index}@{last_term}"),
         Message::VoteResponse { granted, .. } => format!("{head} granted={granted}"),
+        Message::TimeoutNow => head,
     }
 }

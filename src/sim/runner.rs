@@ -18,7 +18,7 @@ use super::network::{Network, Packet, SnapshotTransfer, describe_packet};
 use super::server::{Effects, Server};
 use super::storage::{Storage, StoreChange};
 use super::{Failure, Invariant, Report, SimConfig, Violation};
-use crate::replication::{Entry, Envelope, HardState, NodeId, Payload};
+use crate::replication::{ElectionCause, Entry, Envelope, HardState, NodeId, Payload};
 
 /// Most events the healing phase may take to settle before the run counts as stuck.
 const HEALING_STEPS: u64 = 400_000;
@@ -51,6 +51,15 @@ pub(super) enum Event {
     Heal(u64),
     /// Servers that are not members (joining, or removed) ask the primary to take them in.
     Join,
+    /// `server` sees its connection from `peer` close (void if `server` crashed or paused
+    /// since).
+    ConnectionClosed {
+        server: usize,
+        peer: usize,
+        epoch: u64,
+    },
+    /// A reader asks a server that believes it is the primary for a consistent read.
+    Read,
 }
 
 /// One run in progress.
@@ -73,6 +82,13 @@ pub struct Sim {
     /// Partitions so far: a heal ends only the latest one.
     pub(super) partitions: u64,
     pub(super) report: Report,
+    /// Consistent reads on their way: number → the highest index acknowledged before.
+    pub(super) reads_waiting: BTreeMap<u64, u64>,
+    pub(super) next_read: u64,
+    /// Why each server last started an election.
+    pub(super) last_cause: Vec<Option<ElectionCause>>,
+    /// In a calm run: from when on the primary must stay.
+    pub(super) settled_at: Option<Time>,
 }
 
 impl Sim {
@@ -113,6 +129,7 @@ impl Sim {
             .collect();
         let report = Report {
             joined: plan.join,
+            calm: plan.calm,
             strict_gating: plan.strict_gating,
             ..Report::default()
         };
@@ -132,6 +149,10 @@ impl Sim {
             healing: false,
             partitions: 0,
             report,
+            reads_waiting: BTreeMap::new(),
+            next_read: 0,
+            last_cause: vec![None; ids.len()],
+            settled_at: None,
         }
     }
 
@@ -157,6 +178,7 @@ impl Sim {
         }
         self.queue.schedule(self.plan.nemesis_every, Event::Nemesis);
         self.queue.schedule(3 * TICK, Event::Join);
+        self.queue.schedule(5 * TICK, Event::Read);
 
         while self.step < self.config.steps {
             self.next()?;
@@ -217,6 +239,19 @@ impl Sim {
                 }
             }
             Event::Join => self.join()?,
+            Event::ConnectionClosed {
+                server,
+                peer,
+                epoch,
+            } => {
+                let s = &mut self.servers[server];
+                if s.epoch == epoch && s.is_running() {
+                    let lost = self.servers[peer].id.clone();
+                    self.servers[server].connection_lost(&lost);
+                    self.drain(server)?;
+                }
+            }
+            Event::Read => self.read()?,
         }
         for (i, server) in self.servers.iter().enumerate() {
             if let Some(node) = server.node() {
@@ -381,14 +416,28 @@ impl Sim {
         if let Some((invariant, message)) = effects.broken {
             return Err(Violation::new(invariant, message));
         }
-        let s = &self.servers[server];
+        self.note_elections(server, &effects.elections);
+        for cause in &effects.elections {
+            match cause {
+                ElectionCause::ConnectionLost { .. } => self.report.elections_on_lost_connection += 1,
+                ElectionCause::HandOver { .. } => self.report.elections_on_hand_over += 1,
+                ElectionCause::Silent { .. } | ElectionCause::Bootstrap => {}
+            }
+        }
         for (role, term) in &effects.roles {
             if *role == crate::replication::RoleKind::Primary {
                 self.report.elections += 1;
+                let s = &self.servers[server];
                 self.invariants
                     .became_primary(&s.id, s.incarnation, *term, s.storage.written())?;
+                let id = s.id.clone();
+                self.sticky_primary(&id, *term, &[])?;
             }
         }
+        for (read, applied) in std::mem::take(&mut effects.reads) {
+            self.read_served(server, read, applied)?;
+        }
+        let s = &self.servers[server];
         let term = s.node().map_or(0, |n| n.term());
         for (entry, outcome) in &effects.applied {
             self.invariants.applied(&s.id, term, entry, outcome)?;

@@ -19,7 +19,8 @@ use crate::app::{MemTables, Outcome, Request};
 use crate::error::{Error, Result};
 use crate::replica::{Answer, Job, Output, Replica, Settings, Submitted as Replied};
 use crate::replication::{
-    Entry, Envelope, Index, Node, NodeId, Options, RoleKind, SnapshotMeta, Term, Write,
+    ElectionCause, Entry, Envelope, Index, Node, NodeId, Options, RoleKind, SnapshotMeta, Term,
+    Write,
 };
 
 /// Who waits for a proposal: a client and its attempt number.
@@ -29,9 +30,16 @@ pub struct Waiter {
     pub attempt: u64,
 }
 
-/// The replica as the simulation runs it. Membership changes (joins, removals) have no
-/// waiter: the nemesis asks again until they are done.
-pub type SimReplica = Replica<SimStore, Option<Waiter>>;
+/// Who waits for the replica: a client's proposal, or a consistent read (by its number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Client(Waiter),
+    Read(u64),
+}
+
+/// The replica as the simulation runs it. Membership changes (joins, removals) and
+/// hand-overs have no waiter: the nemesis asks again until they are done.
+pub type SimReplica = Replica<SimStore, Option<Caller>>;
 
 /// What one round of carrying out outputs produced, for the network, the checks and the
 /// clients.
@@ -47,6 +55,10 @@ pub struct Effects {
     pub roles: Vec<(RoleKind, Term)>,
     /// Answers to waiting proposals.
     pub replies: Vec<(Waiter, Result<Outcome>)>,
+    /// Consistent reads served, with the applied index of the state they were served from.
+    pub reads: Vec<(u64, Index)>,
+    /// Elections started, with their causes.
+    pub elections: Vec<ElectionCause>,
     /// Stores that leave now.
     pub transfers: Vec<SnapshotTransfer>,
     /// Trace lines (only when tracing).
@@ -59,6 +71,8 @@ pub struct Effects {
 pub enum Submitted {
     /// Proposed at this index; the answer comes when it is applied.
     Pending(Index),
+    /// The state refuses it; the refusal comes after a confirmation round.
+    Confirming,
     /// Answered at once (a retry of a message already on the board).
     Answered(Outcome),
     /// Refused (not the primary, or the check said no).
@@ -189,10 +203,32 @@ impl Server {
     /// proposes it. Only for a running server.
     pub fn submit(&mut self, request: Request, waiter: Waiter) -> Submitted {
         let replica = self.replica.as_mut().expect("submit to a running server");
-        match replica.submit(request, Some(waiter)) {
+        match replica.submit(request, Some(Caller::Client(waiter))) {
             Replied::Pending(index) => Submitted::Pending(index),
+            Replied::Confirming => Submitted::Confirming,
             Replied::Done(_, Ok(outcome)) => Submitted::Answered(outcome),
             Replied::Done(_, Err(err)) => Submitted::Refused(err),
+        }
+    }
+
+    /// A consistent read, numbered `id` (answered in `Effects::reads` once served).
+    pub fn read(&mut self, id: u64) {
+        if let Some(replica) = self.replica.as_mut() {
+            replica.read(Some(Caller::Read(id)));
+        }
+    }
+
+    /// The connection from `peer` closed.
+    pub fn connection_lost(&mut self, peer: &NodeId) {
+        if let Some(replica) = self.replica.as_mut() {
+            replica.connection_lost(peer);
+        }
+    }
+
+    /// An operator (or a SIGTERM) asks this server, if primary, to hand over.
+    pub fn hand_over(&mut self) {
+        if let Some(replica) = self.replica.as_mut() {
+            replica.hand_over(None, None);
         }
     }
 
@@ -278,10 +314,14 @@ impl Server {
                     term,
                     store: self.storage.store().contents(),
                 }),
-                Output::Reply(Some(waiter), Answer::Outcome(result)) => {
+                Output::Reply(Some(Caller::Client(waiter)), Answer::Outcome(result)) => {
                     effects.replies.push((waiter, result));
                 }
+                Output::Reply(Some(Caller::Read(id)), Answer::Read(Ok(()))) => {
+                    effects.reads.push((id, replica.applied()));
+                }
                 Output::Reply(..) => {}
+                Output::Election { cause, .. } => effects.elections.push(cause),
                 Output::RoleChanged {
                     role,
                     term,

@@ -26,6 +26,7 @@ impl Node {
                 from,
                 Message::AppendAccepted {
                     match_index: meta.index,
+                    round: 0,
                 },
             );
             return false;
@@ -49,6 +50,7 @@ impl Node {
             from,
             Message::AppendAccepted {
                 match_index: meta.index,
+                round: 0,
             },
         );
         self.report_role();
@@ -65,6 +67,7 @@ impl Node {
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
+        round: u64,
     ) {
         self.follow(&from);
 
@@ -81,6 +84,7 @@ impl Node {
                     prev_index,
                     hint: last_index,
                     last_index,
+                    round,
                 },
             );
             return;
@@ -94,6 +98,7 @@ impl Node {
                     prev_index,
                     hint,
                     last_index,
+                    round,
                 },
             );
             return;
@@ -123,6 +128,7 @@ impl Node {
             from,
             Message::AppendAccepted {
                 match_index: last_new,
+                round,
             },
         );
     }
@@ -150,6 +156,8 @@ impl Node {
         }
         if let Role::Backup(backup) = &mut self.role {
             backup.idle_ticks = 0;
+            backup.lost = false;
+            backup.campaign_in = None;
         }
     }
 }

@@ -10,7 +10,9 @@
 
 mod backup;
 mod election;
+mod hand_over;
 mod primary;
+mod reads;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,7 +55,29 @@ pub enum PlantedBug {
     /// After a restart, replay the log from its base although the store already holds
     /// entries after it: those are applied a second time (the replica's bug, not the node's).
     ReapplyAfterRecovery,
+    /// Grant a pre-vote while still hearing from a live primary (as if every backup had lost
+    /// its connection): a backup whose one connection broke deposes a healthy primary.
+    PreVoteWhileHearingPrimary,
+    /// Serve a read marked consistent at once, without the confirmation round: a deposed
+    /// primary that does not know it yet answers from a state that moved on.
+    ReadWithoutConfirmation,
 }
+
+/// Why a server starts an election; every election logs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElectionCause {
+    /// The connection from the primary closed (its process is gone, or the link broke).
+    ConnectionLost { primary: NodeId },
+    /// Nothing was heard from a primary for this many ticks.
+    Silent { ticks: u32 },
+    /// The primary handed its office over to this server (`TimeoutNow`).
+    HandOver { from: NodeId },
+    /// A new cluster of one starts.
+    Bootstrap,
+}
+
+/// Names a read waiting for its confirmation round (ReadIndex).
+pub type ReadId = u64;
 
 impl Default for Options {
     fn default() -> Self {
@@ -120,14 +144,24 @@ pub enum Output {
         term: Term,
         primary: Option<NodeId>,
     },
+    /// This server starts an election (a pre-vote for `term`, or at once a vote on a
+    /// hand-over), for this reason.
+    Election { term: Term, cause: ElectionCause },
+    /// A read asked for with [`Node::read_index`] is confirmed: this server was the primary
+    /// when it was asked. It may be answered from a state that has applied `index`.
+    ReadReady { id: ReadId, index: Index },
 }
 
 /// A backup follows the primary it last heard from in its term.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Backup {
     primary: Option<NodeId>,
     /// Ticks since the primary was last heard from (or a vote was granted).
     idle_ticks: u32,
+    /// The connection from the primary closed, and nothing was heard from it since.
+    lost: bool,
+    /// Ticks until this backup, having lost the primary, starts a pre-vote.
+    campaign_in: Option<u32>,
 }
 
 /// A candidate collects votes; with `pre` set it only asks whether it could win.
@@ -152,6 +186,33 @@ struct Primary {
     last_quorum_check: Option<u64>,
     /// The index of this term's first entry (its no-op); once committed, every earlier entry is.
     term_start: Index,
+    /// The latest confirmation round, carried by every append (ReadIndex).
+    round: u64,
+    /// A read is waiting for a round that has not been sent yet.
+    round_due: bool,
+    /// Reads waiting for a majority to echo their round, oldest first.
+    reads: std::collections::VecDeque<PendingRead>,
+    /// Handing office over to a backup: no new proposals meanwhile.
+    hand_over: Option<HandOver>,
+}
+
+/// A read waiting for its confirmation round.
+#[derive(Debug)]
+struct PendingRead {
+    id: ReadId,
+    /// The commit index when it was asked: the state it is answered from must include it.
+    index: Index,
+    round: u64,
+}
+
+/// A hand-over in progress (Raft thesis 3.10).
+#[derive(Debug)]
+struct HandOver {
+    to: NodeId,
+    /// Ticks since it began; it is given up after an election timeout.
+    elapsed: u32,
+    /// When `TimeoutNow` was last sent (resent every heartbeat, in case it was lost).
+    told_at: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -181,6 +242,10 @@ pub struct Node {
     /// Ticks since the node started: its logical clock.
     ticks: u64,
     reported: (RoleKind, Term, Option<NodeId>),
+    /// The id of the next read (unique across terms).
+    next_read: ReadId,
+    /// The term this node started (or restarted) in.
+    started_in: Term,
 }
 
 impl Node {
@@ -216,16 +281,15 @@ impl Node {
             log,
             commit: base,
             applied: base,
-            role: Role::Backup(Backup {
-                primary: None,
-                idle_ticks: 0,
-            }),
+            role: Role::Backup(Backup::default()),
             opts,
             rng: ChaCha8Rng::seed_from_u64(seed),
             election_timeout: 0,
             outputs: Vec::new(),
             ticks: 0,
             reported: (RoleKind::Backup, 0, None),
+            next_read: 1,
+            started_in: hard_state.term,
         };
         node.reset_election_timeout();
         node.reported = node.role_report();
@@ -239,7 +303,7 @@ impl Node {
         let entry = self.log.append(0, Payload::Config(vec![self.id.clone()]));
         self.outputs
             .push(Output::Write(Write::Entries(vec![entry])));
-        self.pre_campaign();
+        self.pre_campaign(ElectionCause::Bootstrap);
     }
 
     pub fn id(&self) -> &NodeId {
@@ -306,6 +370,11 @@ impl Node {
     pub fn propose(&mut self, command: Vec<u8>) -> Result<Index> {
         if !self.is_primary() {
             return Err(self.not_primary());
+        }
+        if let Some(to) = self.handing_over() {
+            return Err(Error::Unavailable(format!(
+                "the primary is handing over to {to}; try again"
+            )));
         }
         let entry = self.log.append(self.term, Payload::Command(command));
         let index = entry.index;
@@ -407,7 +476,10 @@ impl Node {
         // Whatever moved since the last call (an acknowledgement, our own fsync, a join
         // request) may have made a learner ready to become a member.
         self.maybe_promote_learner();
+        self.start_round();
         self.send_appends();
+        self.maybe_hand_over();
+        self.confirm_reads();
         let mut outputs: Vec<Output> = Vec::with_capacity(self.outputs.len());
         for output in std::mem::take(&mut self.outputs) {
             // Coalesce appends to the log so one write (and one checksum) covers a batch.
@@ -429,23 +501,43 @@ impl Node {
         match &mut self.role {
             Role::Backup(backup) => {
                 backup.idle_ticks += 1;
-                if backup.idle_ticks >= self.election_timeout && self.is_voter() {
-                    info!(
-                        term = self.term,
-                        "no primary heard from; starting a pre-vote"
-                    );
-                    self.pre_campaign();
+                if let Some(wait) = &mut backup.campaign_in {
+                    *wait = wait.saturating_sub(1);
+                }
+                let cause = match (&backup.campaign_in, &backup.primary) {
+                    (Some(0), Some(primary)) => Some(ElectionCause::ConnectionLost {
+                        primary: primary.clone(),
+                    }),
+                    _ if backup.idle_ticks >= self.election_timeout => {
+                        Some(ElectionCause::Silent {
+                            ticks: backup.idle_ticks,
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(cause) = cause
+                    && self.is_voter()
+                {
+                    self.pre_campaign(cause);
                 }
             }
             Role::Candidate(candidate) => {
                 candidate.elapsed += 1;
                 if candidate.elapsed >= self.election_timeout {
-                    self.pre_campaign();
+                    let ticks = candidate.elapsed;
+                    self.pre_campaign(ElectionCause::Silent { ticks });
                 }
             }
             Role::Primary(primary) => {
                 for progress in primary.progress.values_mut() {
                     progress.tick(self.opts.election_ticks);
+                }
+                if let Some(hand_over) = &mut primary.hand_over {
+                    hand_over.elapsed += 1;
+                    if hand_over.elapsed >= self.opts.election_ticks {
+                        warn!(to = %hand_over.to, "the hand-over did not complete; taking writes again");
+                        primary.hand_over = None;
+                    }
                 }
                 primary.heartbeat_elapsed += 1;
                 if primary.heartbeat_elapsed >= self.opts.heartbeat_ticks {
@@ -490,7 +582,8 @@ impl Node {
             match &env.message {
                 // A server that hears from a live primary ignores elections: a server cut off
                 // and back cannot disrupt a healthy cluster (Raft §9.6, leader stickiness).
-                Message::Vote { .. } if self.in_lease() => {
+                // A hand-over's vote is the exception: the primary itself asked for it.
+                Message::Vote { transfer, pre, .. } if !transfer && self.in_lease(*pre) => {
                     debug!(from = %env.from, term = env.term, "ignoring vote request: primary is alive");
                     return;
                 }
@@ -512,6 +605,7 @@ impl Node {
                         prev_index: 0,
                         hint: 0,
                         last_index: self.log.last_index(),
+                        round: 0,
                     },
                 ),
                 Message::Vote { pre, .. } => self.send(
@@ -532,23 +626,27 @@ impl Node {
                 prev_term,
                 entries,
                 commit,
-            } => self.on_append(env.from, prev_index, prev_term, entries, commit),
-            Message::AppendAccepted { match_index } => {
-                self.on_append_accepted(env.from, match_index)
+                round,
+            } => self.on_append(env.from, prev_index, prev_term, entries, commit, round),
+            Message::AppendAccepted { match_index, round } => {
+                self.on_append_accepted(env.from, match_index, round)
             }
             Message::AppendRejected {
                 prev_index,
                 hint,
                 last_index,
-            } => self.on_append_rejected(env.from, prev_index, hint.min(last_index)),
+                round,
+            } => self.on_append_rejected(env.from, prev_index, hint.min(last_index), round),
             Message::Vote {
                 last_index,
                 last_term,
                 pre,
+                ..
             } => self.on_vote(env.from, env.term, last_index, last_term, pre),
             Message::VoteResponse { granted, pre } => {
                 self.on_vote_response(env.from, env.term, granted, pre)
             }
+            Message::TimeoutNow => self.on_timeout_now(env.from),
         }
     }
 
@@ -563,7 +661,7 @@ impl Node {
         }
         self.role = Role::Backup(Backup {
             primary,
-            idle_ticks: 0,
+            ..Backup::default()
         });
         self.reset_election_timeout();
         self.report_role();
@@ -589,6 +687,10 @@ impl Node {
             quorum_elapsed: 0,
             last_quorum_check: None,
             term_start: noop.index,
+            round: 0,
+            round_due: false,
+            reads: Default::default(),
+            hand_over: None,
         });
         self.outputs.push(Output::Write(Write::Entries(vec![noop])));
         info!(term = self.term, "elected primary");
@@ -601,15 +703,35 @@ impl Node {
         self.log.members().contains(&self.id)
     }
 
-    /// Whether a primary was heard from within the minimum election timeout.
-    fn in_lease(&self) -> bool {
+    /// Whether this server still hears from a live primary, and so refuses to help elect
+    /// another (Raft §9.6, leader stickiness): it is the primary, or it follows one whose
+    /// connection has not closed and which it heard from within two heartbeats. Two
+    /// heartbeats, not an election timeout, so that a backup that lost its connection to a
+    /// dead primary finds the others ready to vote at once; a healthy primary is heard
+    /// every heartbeat, so one broken connection or a restarted backup cannot depose it.
+    fn in_lease(&self, pre: bool) -> bool {
+        #[cfg(test)]
+        if pre && self.opts.planted_bug == Some(PlantedBug::PreVoteWhileHearingPrimary) {
+            return false;
+        }
+        let _ = pre;
+        let lease = self.lease_ticks();
         match &self.role {
             Role::Primary(_) => true,
-            Role::Backup(backup) => {
-                backup.primary.is_some() && backup.idle_ticks < self.opts.election_ticks
+            // Just started: a primary may well be there, not heard from yet (a restarted
+            // backup must not help depose it in its first moments).
+            Role::Backup(backup) if backup.primary.is_none() => {
+                self.ticks < u64::from(lease) && self.term == self.started_in
             }
+            Role::Backup(backup) => !backup.lost && backup.idle_ticks < lease,
             Role::Candidate(_) => false,
         }
+    }
+
+    /// How long after hearing from a primary a backup refuses votes: two heartbeats and a
+    /// tick (never more than the election timeout).
+    fn lease_ticks(&self) -> u32 {
+        (2 * self.opts.heartbeat_ticks + 1).min(self.opts.election_ticks)
     }
 
     fn reset_election_timeout(&mut self) {

@@ -9,7 +9,7 @@ use super::*;
 impl Node {
     // ---- Primary side --------------------------------------------------------------------
 
-    pub(super) fn on_append_accepted(&mut self, from: NodeId, match_index: Index) {
+    pub(super) fn on_append_accepted(&mut self, from: NodeId, match_index: Index, round: u64) {
         let last_index = self.log.last_index();
         let Role::Primary(primary) = &mut self.role else {
             return;
@@ -18,6 +18,7 @@ impl Node {
             return;
         };
         progress.heard(self.ticks);
+        progress.echoed(round);
         if match_index > last_index {
             warn!(from = %from, match_index, "backup claims entries we never sent; ignored");
             return;
@@ -28,13 +29,20 @@ impl Node {
         }
     }
 
-    pub(super) fn on_append_rejected(&mut self, from: NodeId, prev_index: Index, hint: Index) {
+    pub(super) fn on_append_rejected(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        hint: Index,
+        round: u64,
+    ) {
         let last_index = self.log.last_index();
         let Role::Primary(primary) = &mut self.role else {
             return;
         };
         if let Some(progress) = primary.progress.get_mut(&from) {
             progress.heard(self.ticks);
+            progress.echoed(round);
             debug!(from = %from, prev_index, hint, "append rejected; probing back");
             progress.rejected(prev_index, hint.min(last_index));
         }
@@ -74,6 +82,7 @@ impl Node {
                         prev_term,
                         entries,
                         commit: self.commit,
+                        round: primary.round,
                     },
                 ));
             }
@@ -103,6 +112,7 @@ impl Node {
                     prev_term: self.log.term_at(prev_index).unwrap_or_default(),
                     entries: Vec::new(),
                     commit: self.commit,
+                    round: primary.round,
                 };
                 (peer.clone(), message)
             })
@@ -219,19 +229,9 @@ impl Node {
         }
     }
 
-    /// Whether a majority (this primary included) answered within the last half election
-    /// timeout. A server that answered then will not help elect anyone else for at least
-    /// another half timeout (it ignores elections while it hears from a primary), so while
-    /// this holds no other primary can exist, and the applied state can be trusted to refuse
-    /// a request (say, 404 for an unknown client) rather than only to accept one.
-    pub fn has_fresh_quorum(&self) -> bool {
-        let lease = u64::from((self.opts.election_ticks / 2).max(1));
-        self.majority_where(|p| p.last_heard() + lease >= self.ticks)
-    }
-
     /// Whether this primary and the backups whose progress satisfies `holds` make a majority
     /// of the members (false on any other role).
-    fn majority_where(&self, holds: impl Fn(&Progress) -> bool) -> bool {
+    pub(super) fn majority_where(&self, holds: impl Fn(&Progress) -> bool) -> bool {
         let Role::Primary(primary) = &self.role else {
             return false;
         };

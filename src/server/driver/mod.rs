@@ -26,7 +26,7 @@ use crate::app::{Outcome, Request};
 use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
 use crate::replica::{Answer, Job, Output, Replica, StoreMeta, Submitted, View};
-use crate::replication::{Envelope, NodeId, Term};
+use crate::replication::{ElectionCause, Envelope, NodeId, Term};
 use crate::server::auth::ClusterSecret;
 use crate::storage::RedbStore;
 
@@ -45,6 +45,16 @@ pub enum Call {
     },
     /// Run a read against the replica.
     Query(Box<dyn FnOnce(&ServerView<'_>) + Send>),
+    /// Run a read once a confirmation round shows this server is the primary (ReadIndex).
+    ConsistentQuery(ReadWaiter),
+    /// The connection from a peer closed.
+    ConnectionLost(NodeId),
+    /// Hand the primary's office to `to` (or the most up-to-date backup); answered with
+    /// the new primary once this server follows it.
+    HandOver {
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId>>,
+    },
     /// Protocol messages from peers.
     Deliver(Vec<Envelope>),
     /// A server asks to join; answered once a configuration holding it is applied.
@@ -70,17 +80,49 @@ pub enum Call {
     },
 }
 
+/// A read waiting for its confirmation round: run on the state once confirmed, or given
+/// the reason it cannot be.
+pub type ReadWaiter = Box<dyn FnOnce(Result<&ServerView<'_>>) + Send>;
+
 /// Who waits for the replica.
-#[derive(Debug)]
 pub enum Waiter {
     Submit(oneshot::Sender<Result<Outcome>>),
     Join(oneshot::Sender<Result<InitBackupResponse>>),
     Remove(oneshot::Sender<Result<Vec<NodeId>>>),
+    Read(ReadWaiter),
+    HandOver(oneshot::Sender<Result<NodeId>>),
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Waiter::Submit(_) => "Submit",
+            Waiter::Join(_) => "Join",
+            Waiter::Remove(_) => "Remove",
+            Waiter::Read(_) => "Read",
+            Waiter::HandOver(_) => "HandOver",
+        })
+    }
 }
 
 impl Waiter {
+    /// Answers the waiter; a confirmed read runs against `view`.
+    fn answer_with(self, answer: Answer, view: &ServerView<'_>) {
+        match (self, answer) {
+            (Waiter::Read(read), Answer::Read(Ok(()))) => read(Ok(view)),
+            (waiter, answer) => waiter.answer(answer),
+        }
+    }
+
     fn answer(self, answer: Answer) {
         match (self, answer) {
+            (Waiter::Read(read), Answer::Read(result)) => {
+                // Without a view a confirmed read cannot run; that is `answer_with`'s case.
+                read(result.and(Err(Error::Internal("a read without a view".to_string()))))
+            }
+            (Waiter::HandOver(reply), Answer::HandedOver(result)) => {
+                let _ = reply.send(result);
+            }
             (Waiter::Submit(reply), Answer::Outcome(result)) => {
                 let _ = reply.send(result);
             }
@@ -131,6 +173,34 @@ impl DriverHandle {
         };
         self.send(Call::Query(Box::new(query))).await?;
         answer.await.map_err(|_| shutting_down())
+    }
+
+    /// Runs `read` against the replica once a confirmation round shows this server is the
+    /// primary and its state holds every write acknowledged before the call: a
+    /// linearizable read (primary only).
+    pub async fn query_consistent<T, F>(&self, read: F) -> Result<T>
+    where
+        F: FnOnce(&ServerView<'_>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let waiter: ReadWaiter = Box::new(move |view: Result<&ServerView<'_>>| {
+            let _ = reply.send(view.map(read));
+        });
+        self.send(Call::ConsistentQuery(waiter)).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// Tells the replica the connection from `peer` closed (does not wait).
+    pub fn connection_lost(&self, peer: NodeId) {
+        let _ = self.tx.try_send(Call::ConnectionLost(peer));
+    }
+
+    /// Hands the primary's office over and waits until this server follows the new primary.
+    pub async fn hand_over(&self, to: Option<NodeId>) -> Result<NodeId> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::HandOver { to, reply }).await?;
+        answer.await.map_err(|_| shutting_down())?
     }
 
     /// Hands protocol messages to the replica (does not wait for them to be processed).
@@ -214,6 +284,8 @@ pub struct Driver {
     incoming: VecDeque<PathBuf>,
     removed: bool,
     io: DriverIo,
+    /// The length of one tick of the replica's clock.
+    tick: Duration,
 }
 
 impl Driver {
@@ -230,6 +302,7 @@ impl Driver {
             incoming: VecDeque::new(),
             removed: false,
             io,
+            tick: Duration::from_millis(10),
         }
     }
 
@@ -248,6 +321,7 @@ impl Driver {
         tick: Duration,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        self.tick = tick;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The replica's clock follows real time: after a stall (a paused process, an
@@ -322,6 +396,9 @@ impl Driver {
                 }
             }
             Call::Query(read) => read(&self.replica.view()),
+            Call::ConsistentQuery(read) => self.replica.read(Waiter::Read(read)),
+            Call::ConnectionLost(peer) => self.replica.connection_lost(&peer),
+            Call::HandOver { to, reply } => self.replica.hand_over(to, Waiter::HandOver(reply)),
             Call::Deliver(envelopes) => {
                 for envelope in envelopes {
                     self.replica.step(envelope);
@@ -375,7 +452,7 @@ impl Driver {
                         self.io.handle.clone(),
                     ));
                 }
-                Output::Reply(waiter, answer) => waiter.answer(answer),
+                Output::Reply(waiter, answer) => waiter.answer_with(answer, &self.replica.view()),
                 Output::Posted(posted) => {
                     let line = format!(
                         "[{}] {}: {}",
@@ -397,11 +474,29 @@ impl Driver {
                 Output::SetBackups { term, members } => {
                     self.io.notifier.set_backups(term, &members);
                 }
+                Output::Election { term, cause } => log_election(term, &cause, self.tick),
                 Output::RoleChanged { .. } | Output::Applied { .. } => {}
                 Output::Removed => self.removed = true,
             }
         }
         Ok(())
+    }
+}
+
+/// Every election is logged with its cause.
+fn log_election(term: Term, cause: &ElectionCause, tick: Duration) {
+    match cause {
+        ElectionCause::ConnectionLost { primary } => {
+            warn!(term, %primary, "starting an election: the connection from the primary was lost")
+        }
+        ElectionCause::Silent { ticks } => {
+            let silent_ms = u128::from(*ticks) * tick.as_millis();
+            warn!(term, silent_ms, "starting an election: no primary heard from for {silent_ms} ms")
+        }
+        ElectionCause::HandOver { from } => {
+            info!(term, %from, "starting an election: the primary handed over")
+        }
+        ElectionCause::Bootstrap => {}
     }
 }
 
