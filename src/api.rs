@@ -146,6 +146,20 @@ pub struct ReadQuery {
     pub consistent: bool,
 }
 
+/// `POST /replication/hand-over`: the primary hands its office over.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOverRequest {
+    /// The backup to hand over to; the most up-to-date one if absent.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// The answer to a hand-over: the new primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOverResponse {
+    pub primary: String,
+}
+
 /// `POST /new-primary` on a client's notification listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPrimary {

@@ -47,6 +47,11 @@ impl ClusterSecret {
         Ok(ClusterSecret(trimmed.as_bytes().to_vec()))
     }
 
+    /// The secret itself, for keying other MACs (the peer stream's handshake).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The header value that authenticates `method path` with `body`, signed now.
     pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
         let t = unix_now();

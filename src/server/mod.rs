@@ -19,6 +19,7 @@ mod join;
 mod notify;
 mod peer_api;
 mod peer_call;
+mod peer_stream;
 mod peers;
 pub(crate) mod persist;
 mod read_api;
@@ -51,7 +52,7 @@ use crate::replication::{NodeId, Options};
 use crate::storage::{LogStore, RedbStore, check_format, load_identity, save_identity};
 use driver::{Driver, DriverHandle, DriverIo};
 use notify::Notifier;
-use peers::Peers;
+use peers::{Peers, ToDriver};
 use state_transfer::Receiver;
 
 /// Everything a server needs to start.
@@ -96,6 +97,9 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     /// The store being received from the primary.
     pub transfers: Receiver,
+    /// The streams with other servers (peers open theirs through `/replication/stream`).
+    pub peers: Peers,
+    pub secret: ClusterSecret,
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -164,20 +168,23 @@ pub async fn serve(
 
     let http = HttpClient::new();
     let (removed_tx, removed_rx) = mpsc::unbounded_channel();
+    let (handle, calls) = Driver::channel();
     let peers = Peers::new(
-        http.clone(),
+        id.clone(),
         config.secret.clone(),
         shutdown.clone(),
-        removed_tx,
+        ToDriver {
+            driver: handle.clone(),
+            removed: removed_tx,
+        },
     );
     let (worker_tx, worker_rx) = mpsc::unbounded_channel();
     if !config.fsync {
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
     let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx)?;
-    let (handle, calls) = Driver::channel();
     let io = DriverIo {
-        peers,
+        peers: peers.clone(),
         notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
         printer: driver::spawn_printer()?,
         http: http.clone(),
@@ -190,6 +197,8 @@ pub async fn serve(
         driver: handle,
         login_limiter: Arc::new(LoginLimiter::default()),
         transfers: Receiver::new(config.data_dir.clone()),
+        peers,
+        secret: config.secret.clone(),
     };
 
     if fresh && !config.join.is_empty() {
@@ -204,6 +213,10 @@ pub async fn serve(
 
     let service =
         router(app, config.secret.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Small frames and small answers must leave at once, not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, service)
@@ -228,7 +241,8 @@ pub async fn serve(
 /// The routes of a server.
 pub fn router(app: AppState, secret: ClusterSecret) -> Router {
     let peer = Router::new()
-        .route("/replication/messages", post(peer_api::messages))
+        .route(peer_stream::STREAM_PATH, get(peer_api::stream))
+        .route("/replication/hand-over", post(peer_api::hand_over))
         .route("/replication/init-backup", post(peer_api::init_backup))
         .route("/replication/set-backups", post(peer_api::set_backups))
         .route("/replication/remove-server", post(peer_api::remove_server))

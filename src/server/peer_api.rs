@@ -10,41 +10,70 @@ use axum::extract::State;
 use super::AppState;
 use super::response::JsonBody;
 use super::state_transfer::StateChunk;
+use axum::extract::Request;
+use axum::http::header::{CONNECTION, UPGRADE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tracing::warn;
+
+use super::peer_stream::{HANDSHAKE_TIMEOUT, UPGRADE_PROTOCOL, accept_handshake};
 use crate::api::{
-    InitBackupRequest, InitBackupResponse, RemoveServerRequest, RemoveServerResponse,
-    SetBackupsRequest,
+    HandOverRequest, HandOverResponse, InitBackupRequest, InitBackupResponse,
+    RemoveServerRequest, RemoveServerResponse, SetBackupsRequest,
 };
 use crate::error::{Error, Result};
-use crate::replication::{Envelope, Message};
 
 /// How long a join may take: the new server must receive the whole log first.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `POST /replication/messages`: a batch of protocol messages (postcard), queued for the
-/// driver. Answered at once; replies travel as messages of their own.
-pub async fn messages(State(app): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>> {
-    let envelopes: Vec<Envelope> = postcard::from_bytes(&body)
-        .map_err(|err| Error::BadRequest(format!("undecodable messages: {err}")))?;
-    // A server that campaigns although it was removed is told so, rather than ignored.
-    if let Some(candidate) = envelopes
-        .iter()
-        .find(|e| matches!(e.message, Message::Vote { .. }))
-        .map(|e| e.from.clone())
-    {
-        let asker = candidate.clone();
-        if app
-            .driver
-            .query(move |view| view.node.is_removed(&asker))
-            .await?
-        {
-            return Err(Error::Forbidden(format!(
-                "{candidate} was removed from the cluster; start it with an empty data dir and --join to add it again"
-            )));
-        }
+/// `GET /replication/stream` with an upgrade: a peer opens its long-lived stream. The
+/// request passed the cluster-secret check already; the stream's own handshake follows on
+/// the upgraded connection (`peer_stream`), then the stream is handed to the peers.
+pub async fn stream(State(app): State<AppState>, mut request: Request) -> Response {
+    let upgrade = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+    if !upgrade {
+        return Error::BadRequest(format!("a stream needs `upgrade: {UPGRADE_PROTOCOL}`"))
+            .into_response();
     }
-    app.driver.deliver(envelopes).await?;
-    Ok(Json(serde_json::json!({})))
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let handshake = accept_handshake(TokioIo::new(upgraded), &app.secret, &app.id);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => app.peers.accepted(stream),
+            Ok(Err(err)) => warn!(%err, "a peer stream's handshake failed"),
+            Err(_) => warn!("a peer stream's handshake timed out"),
+        }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    response
 }
+
+/// `POST /replication/hand-over`: the primary hands its office to `to` (or to the most
+/// up-to-date backup) and answers with the new primary once it follows it.
+pub async fn hand_over(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<HandOverRequest>,
+) -> Result<Json<HandOverResponse>> {
+    let primary = tokio::time::timeout(HAND_OVER_TIMEOUT, app.driver.hand_over(body.to))
+        .await
+        .map_err(|_| Error::Unavailable("the hand-over did not complete in time".to_string()))??;
+    Ok(Json(HandOverResponse { primary }))
+}
+
+/// How long a hand-over may take before its caller is told it did not complete.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `POST /replication/init-backup`: a new server wants to be a backup. The primary brings it
 /// up to date and answers once a configuration holding it is applied.

@@ -1,147 +1,316 @@
-//! The transport of protocol messages to other servers.
+//! The transport of protocol messages to other servers: one long-lived, authenticated
+//! stream per pair of servers (`peer_stream`), opened by whichever side first has something
+//! to send, and used by both: the primary's appends go one way, the acknowledgements come
+//! back on the same stream.
 //!
-//! Each peer gets one sender task with a queue. The task sends whatever has queued up as one
-//! `POST /replication/messages` (a postcard-encoded batch of envelopes) over a kept-alive
-//! connection, one request at a time so that messages arrive in order. The receiver only
-//! queues the batch for its driver and answers at once, so a request is short: the protocol's
-//! own window (several appends in flight per backup) provides the pipelining, and while one
-//! request is out, the next batch grows.
+//! Each peer has a link task with a queue. It sends whatever has queued up as one frame on
+//! an open stream with that peer (one it opened, or one the peer opened to us), and opens
+//! one if there is none. Messages arrive in order on a stream; the protocol's window
+//! (several appends in flight per backup) gives the pipelining.
 //!
-//! Delivery is best effort. A batch that fails is dropped, along with everything queued for
-//! that peer meanwhile: the protocol resends what matters, and stale heartbeats only waste
-//! a dead peer's bandwidth.
+//! Delivery is best effort. A frame that cannot be written is lost with its stream, along
+//! with what queued meanwhile: the protocol resends what matters. When the last stream with
+//! a peer closes (EOF or reset: its process died, or the connection broke), the driver is
+//! told at once (`connection_lost`): a backup that loses its primary this way starts an
+//! election without waiting for a timeout.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::auth::ClusterSecret;
-use super::peer_call::PeerPost;
-use crate::client::http::HttpClient;
-use crate::replication::{Envelope, NodeId};
+use super::auth::{AUTH_HEADER, ClusterSecret};
+use super::driver::DriverHandle;
+use super::peer_stream::{
+    Authenticated, Connection, Frame, HANDSHAKE_TIMEOUT, Inbound, STREAM_PATH, UPGRADE_PROTOCOL,
+    dial_handshake,
+};
+use crate::error::{Error, Result};
+use crate::replication::{Envelope, Message, NodeId};
 
-/// The path protocol messages are posted to.
-pub const MESSAGES_PATH: &str = "/replication/messages";
-/// Most envelopes in one request.
+/// Most envelopes in one frame.
 const MAX_BATCH: usize = 4096;
-/// A request that takes longer is abandoned (its messages are stale by then).
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Waits between failed attempts to open a stream: the first retry at once (a connection
+/// that broke is usually back), then growing.
+const DIAL_BACKOFF: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+];
 
-/// Sends envelopes to peers. Owned by the driver, the only sender: no lock.
+/// The streams with every peer, shared by the driver (which sends) and the HTTP side
+/// (which accepts streams peers open). Cheap to clone.
+#[derive(Clone)]
 pub struct Peers {
-    senders: BTreeMap<NodeId, mpsc::UnboundedSender<Envelope>>,
-    http: HttpClient,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    me: NodeId,
     secret: ClusterSecret,
     shutdown: CancellationToken,
-    /// Where a peer's "you were removed" answer goes (to the driver).
-    removed: mpsc::UnboundedSender<String>,
+    inbound: ToDriver,
+    links: Mutex<BTreeMap<NodeId, Link>>,
+    /// How many streams with each peer are open.
+    open_streams: Arc<Mutex<BTreeMap<NodeId, usize>>>,
+}
+
+/// A peer's link task: its queue, and where streams the peer opened are handed to it.
+#[derive(Clone)]
+struct Link {
+    envelopes: mpsc::UnboundedSender<Envelope>,
+    adopt: mpsc::UnboundedSender<Connection>,
+}
+
+/// Where the readers of every stream hand what arrives: the driver.
+#[derive(Clone)]
+pub struct ToDriver {
+    pub driver: DriverHandle,
+    /// A peer's "you were removed" goes here.
+    pub removed: mpsc::UnboundedSender<String>,
+}
+
+impl Inbound for ToDriver {
+    async fn messages(&self, peer: &NodeId, envelopes: Vec<Envelope>) -> Option<String> {
+        // A server that campaigns although it was removed is told so, rather than ignored.
+        if envelopes
+            .iter()
+            .any(|e| matches!(e.message, Message::Vote { .. }))
+        {
+            let asker = peer.clone();
+            let removed = self
+                .driver
+                .query(move |view| view.node.is_removed(&asker))
+                .await
+                .unwrap_or(false);
+            if removed {
+                return Some(format!(
+                    "{peer} was removed from the cluster; start it with an empty data dir and --join to add it again"
+                ));
+            }
+        }
+        let _ = self.driver.deliver(envelopes).await;
+        None
+    }
+
+    fn removed(&self, why: String) {
+        let _ = self.removed.send(why);
+    }
 }
 
 impl Peers {
-    /// A peer's answer that this server was removed from the cluster is passed on to
-    /// `removed`.
     pub fn new(
-        http: HttpClient,
+        me: NodeId,
         secret: ClusterSecret,
         shutdown: CancellationToken,
-        removed: mpsc::UnboundedSender<String>,
+        inbound: ToDriver,
     ) -> Peers {
         Peers {
-            removed,
-            senders: BTreeMap::new(),
-            http,
-            secret,
-            shutdown,
+            inner: Arc::new(Shared {
+                me,
+                secret,
+                shutdown,
+                inbound,
+                links: Mutex::new(BTreeMap::new()),
+                open_streams: Arc::default(),
+            }),
         }
     }
 
-    /// Queues an envelope for its receiver; never blocks. Called on the driver's task, so
-    /// sender tasks are spawned on its runtime.
-    pub fn send(&mut self, envelope: Envelope) {
+    /// Queues an envelope for its receiver; never blocks.
+    pub fn send(&self, envelope: Envelope) {
         let to = envelope.to.clone();
-        let Peers {
-            senders,
-            http,
-            secret,
-            shutdown,
-            removed,
-        } = self;
-        let spawn = |peer: NodeId| spawn_sender(peer, http, secret, shutdown, removed);
-        let sender = senders
-            .entry(to.clone())
-            .or_insert_with(|| spawn(to.clone()));
-        if let Err(mpsc::error::SendError(envelope)) = sender.send(envelope) {
+        let link = self.link(&to);
+        if let Err(mpsc::error::SendError(envelope)) = link.envelopes.send(envelope) {
             // The task ended (shutdown); start a fresh one so a later send is not lost.
-            let fresh = spawn(to.clone());
-            let _ = fresh.send(envelope);
-            senders.insert(to, fresh);
+            self.forget(&to);
+            let _ = self.link(&to).envelopes.send(envelope);
         }
+    }
+
+    /// A stream `stream.peer` opened to us, authenticated: read it, and send on it too.
+    pub fn accepted<T>(&self, stream: Authenticated<T>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let peer = stream.peer.clone();
+        debug!(%peer, "peer opened a stream");
+        let connection = self.open(stream);
+        let _ = self.link(&peer).adopt.send(connection);
+    }
+
+    /// Starts a stream's reader and writer, and tells the driver when the last stream with
+    /// its peer closes.
+    fn open<T>(&self, stream: Authenticated<T>) -> Connection
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let peer = stream.peer.clone();
+        let connection = Connection::spawn(stream, self.inner.inbound.clone(), &self.inner.shutdown);
+        let counts = self.inner.open_streams.clone();
+        *counts.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.clone()).or_default() += 1;
+        let closed = connection.closed.clone();
+        let driver = self.inner.inbound.driver.clone();
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            closed.cancelled().await;
+            let last = {
+                let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                let count = counts.entry(peer.clone()).or_default();
+                *count = count.saturating_sub(1);
+                *count == 0
+            };
+            if last && !shutdown.is_cancelled() {
+                debug!(%peer, "the last stream with the peer closed");
+                driver.connection_lost(peer);
+            }
+        });
+        connection
+    }
+
+    fn link(&self, peer: &NodeId) -> Link {
+        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .entry(peer.clone())
+            .or_insert_with(|| self.spawn_link(peer.clone()))
+            .clone()
+    }
+
+    fn forget(&self, peer: &NodeId) {
+        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.remove(peer);
+    }
+
+    fn spawn_link(&self, peer: NodeId) -> Link {
+        let (envelopes, queue) = mpsc::unbounded_channel();
+        let (adopt, adopted) = mpsc::unbounded_channel();
+        let task = link_loop(self.clone(), peer, queue, adopted);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
+        Link { envelopes, adopt }
+    }
+
+    /// Opens a stream to `peer`: TCP, the HTTP upgrade (signed), the handshake.
+    async fn dial(&self, peer: &NodeId) -> Result<Connection> {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial_stream(peer))
+            .await
+            .map_err(|_| Error::Unavailable(format!("opening a stream to {peer} timed out")))??;
+        Ok(self.open(stream))
+    }
+
+    async fn dial_stream(&self, peer: &NodeId) -> Result<Authenticated<TokioIo<hyper::upgrade::Upgraded>>> {
+        let tcp = TcpStream::connect(peer.as_str())
+            .await
+            .map_err(|err| Error::Unavailable(format!("cannot reach {peer}: {err}")))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|err| Error::Unavailable(format!("{peer}: {err}")))?;
+        tokio::spawn(conn.with_upgrades());
+        let request = hyper::Request::get(STREAM_PATH)
+            .header(HOST, peer.as_str())
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, UPGRADE_PROTOCOL)
+            .header(AUTH_HEADER, self.inner.secret.sign("GET", STREAM_PATH, b""))
+            .body(Empty::<Bytes>::new())
+            .map_err(|err| Error::Internal(format!("stream request: {err}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| Error::Unavailable(format!("{peer}: {err}")))?;
+        match response.status().as_u16() {
+            101 => {}
+            401 => {
+                return Err(Error::Unauthorized(format!(
+                    "{peer} refused our credentials; check the cluster secret"
+                )));
+            }
+            status => {
+                return Err(Error::Unavailable(format!(
+                    "{peer} answered the stream request with {status}"
+                )));
+            }
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|err| Error::Unavailable(format!("{peer}: {err}")))?;
+        dial_handshake(TokioIo::new(upgraded), &self.inner.secret, &self.inner.me, peer).await
     }
 }
 
-fn spawn_sender(
+/// One peer's link: sends what queues up on an open stream, opening one when needed.
+async fn link_loop(
+    peers: Peers,
     peer: NodeId,
-    http: &HttpClient,
-    secret: &ClusterSecret,
-    shutdown: &CancellationToken,
-    removed: &mpsc::UnboundedSender<String>,
-) -> mpsc::UnboundedSender<Envelope> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = sender_loop(peer, rx, http.clone(), secret.clone(), removed.clone());
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = task => {}
-        }
-    });
-    tx
-}
-
-async fn sender_loop(
-    peer: NodeId,
-    mut rx: mpsc::UnboundedReceiver<Envelope>,
-    http: HttpClient,
-    secret: ClusterSecret,
-    removed: mpsc::UnboundedSender<String>,
+    mut queue: mpsc::UnboundedReceiver<Envelope>,
+    mut adopted: mpsc::UnboundedReceiver<Connection>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut streams: Vec<Connection> = Vec::new();
+    let mut failures = 0usize;
+    loop {
+        let first = tokio::select! {
+            envelope = queue.recv() => match envelope {
+                Some(envelope) => envelope,
+                None => return,
+            },
+            Some(connection) = adopted.recv() => {
+                streams.push(connection);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match queue.try_recv() {
                 Ok(envelope) => batch.push(envelope),
                 Err(_) => break,
             }
         }
-        let call = match PeerPost::postcard(MESSAGES_PATH, &batch) {
-            Ok(call) => call,
-            Err(err) => {
-                tracing::error!(%peer, %err, "cannot encode messages");
-                continue;
+        while let Ok(connection) = adopted.try_recv() {
+            streams.push(connection);
+        }
+        streams.retain(Connection::is_open);
+        if streams.is_empty() {
+            let wait = DIAL_BACKOFF[failures.min(DIAL_BACKOFF.len() - 1)];
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-        };
-        let result = call.send(&http, &secret, &peer, SEND_TIMEOUT).await;
-        let failed = match result {
-            Ok(response) if response.is_success() => false,
-            Ok(response) if response.status == 403 => {
-                let _ = removed.send(response.error().detail());
-                true
+            match peers.dial(&peer).await {
+                Ok(connection) => {
+                    if failures > 0 {
+                        info!(%peer, "stream to the peer open again");
+                    }
+                    failures = 0;
+                    streams.push(connection);
+                }
+                Err(err) => {
+                    failures += 1;
+                    debug!(%peer, %err, "cannot open a stream");
+                    // What queued meanwhile is stale; the protocol resends what matters.
+                    while queue.try_recv().is_ok() {}
+                    continue;
+                }
             }
-            Ok(response) => {
-                debug!(%peer, status = response.status, "peer refused messages");
-                true
-            }
-            Err(err) => {
-                debug!(%peer, %err, "cannot reach peer");
-                true
-            }
-        };
-        if failed {
-            // Everything queued meanwhile is stale; the protocol will resend what matters.
-            while rx.try_recv().is_ok() {}
+        }
+        // The newest stream: a peer that reconnected is reached on its fresh one.
+        if let Some(stream) = streams.last()
+            && stream.frames.send(Frame::Messages(batch)).is_err()
+        {
+            streams.pop();
         }
     }
 }
