@@ -1,6 +1,7 @@
 //! `understudy admin`: operator commands. `status` shows the cluster as a table; `remove`
 //! takes a (dead) server out of the configuration through the primary, so the rest keep a
-//! majority and a new server can join in its place.
+//! majority and a new server can join in its place; `transfer` moves the primary's office to
+//! another server without stopping anything (what a SIGTERM to the primary does first).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::secret::SecretArgs;
-use understudy::api::{RemoveServerRequest, RemoveServerResponse, StatusResponse};
+use understudy::api::{
+    HandOverRequest, HandOverResponse, RemoveServerRequest, RemoveServerResponse, StatusResponse,
+};
 use understudy::client::HttpClient;
 use understudy::server::post_to_primary;
 
@@ -34,6 +37,13 @@ enum AdminCommand {
         #[arg(long)]
         server: String,
     },
+    /// Hand the primary's office over to another member (the most up-to-date one if --to
+    /// is not given); returns once the old primary follows the new one.
+    Transfer {
+        /// The member to hand over to, HOST:PORT as it is named in `members`.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
@@ -57,6 +67,22 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 "removed {server}; members now: {}",
                 answer.members.join(", ")
             );
+            Ok(())
+        }
+        AdminCommand::Transfer { to } => {
+            let secret = args.secret.load()?;
+            let answer: HandOverResponse = post_to_primary(
+                &http,
+                &secret,
+                &args.servers,
+                "/replication/hand-over",
+                &HandOverRequest { to: to.clone() },
+                Duration::from_secs(12),
+                Duration::from_secs(15),
+            )
+            .await
+            .context("cannot hand over")?;
+            println!("the primary is now {}", answer.primary);
             Ok(())
         }
     }

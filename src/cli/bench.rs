@@ -20,6 +20,7 @@ use anyhow::{Result, bail};
 
 use super::bench_catch_up::{self, CatchUpArgs};
 use super::bench_failover::{self, FailoverArgs};
+use super::bench_rolling::{self, RollingArgs};
 use super::bench_soak::{self, SoakArgs};
 use super::bench_throughput::{self, ThroughputArgs};
 use super::local_cluster::{LocalCluster, hex_token};
@@ -42,6 +43,8 @@ enum BenchKind {
     Soak(SoakArgs),
     /// Preload the board, then time an empty server joining and catching up under load.
     CatchUp(CatchUpArgs),
+    /// Restart every server in turn with SIGTERM under a writing client; the write gaps.
+    RollingRestart(RollingArgs),
 }
 
 /// Cluster shape and timing, shared by the benchmarks.
@@ -91,6 +94,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Throughput(args) => bench_throughput::run(args).await,
         BenchKind::Soak(args) => bench_soak::run(args).await,
         BenchKind::CatchUp(args) => bench_catch_up::run(args).await,
+        BenchKind::RollingRestart(args) => bench_rolling::run(args).await,
     }
 }
 

@@ -1,7 +1,11 @@
 //! `understudy bench failover`: a client keeps writing while the primary is killed with
-//! SIGKILL, round after round; prints, per round, the time from the kill to the new
-//! primary's election, to the client's notification, and to the first acknowledged write,
-//! then min/median/max.
+//! SIGKILL (or, with `--pause`, frozen with SIGSTOP), round after round; prints, per round,
+//! the time from the kill to the new primary's election, to the client's notification, and
+//! to the first acknowledged write, then min/median/max.
+//!
+//! A killed primary's kernel closes its connections, so the backups notice at once; a
+//! frozen one's stay open, so they notice only by the missing heartbeats (an election
+//! timeout).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +22,9 @@ pub(super) struct FailoverArgs {
     /// Kills of the primary.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Freeze the primary with SIGSTOP instead of killing it (thawed after the round).
+    #[arg(long)]
+    pause: bool,
 }
 
 /// One round's measurements, from the kill.
@@ -70,7 +77,8 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
     }
 
     println!(
-        "bench failover: {} servers, {} rounds, heartbeat {} ms, election timeout {} ms",
+        "bench failover ({}): {} servers, {} rounds, heartbeat {} ms, election timeout {} ms",
+        if args.pause { "SIGSTOP" } else { "SIGKILL" },
         cluster.servers.len(),
         args.rounds,
         args.cluster
@@ -103,7 +111,11 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
             .position(&old)
             .ok_or_else(|| anyhow!("unknown primary"))?;
         let killed = Instant::now();
-        cluster.kill(old_index).await?;
+        if args.pause {
+            cluster.pause(old_index)?;
+        } else {
+            cluster.kill(old_index).await?;
+        }
 
         let statuses = cluster
             .wait_for("a new primary", WAIT_LIMIT, |s| {
@@ -150,8 +162,12 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
             notified,
             first_write,
         });
-        // The old primary comes back on its data dir, as a backup.
-        cluster.spawn(old_index, None)?;
+        // The old primary comes back (on its data dir), as a backup.
+        if args.pause {
+            cluster.resume(old_index)?;
+        } else {
+            cluster.spawn(old_index, None)?;
+        }
     }
     writer.abort();
     cluster.stop_all().await;

@@ -163,6 +163,32 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stops server `i` with SIGTERM (a primary hands over first) and waits for it to exit.
+    pub async fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            terminate(&mut child).await;
+        }
+    }
+
+    /// Freezes server `i` with SIGSTOP, like a process that stalls.
+    pub fn pause(&self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Thaws server `i` with SIGCONT.
+    pub fn resume(&self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.servers[i]
+            .pid()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .ok_or_else(|| anyhow!("server {} is not running", i + 1))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
     /// Stops every server with SIGTERM (a clean shutdown), killing any that hang.
     pub async fn stop_all(&mut self) {
         for server in &mut self.servers {

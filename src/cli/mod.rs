@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_catch_up;
 mod bench_failover;
 mod bench_proc;
+mod bench_rolling;
 mod bench_soak;
 mod bench_throughput;
 mod bench_writers;

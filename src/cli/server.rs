@@ -66,13 +66,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         fsync: args.fsync == Fsync::Always,
         compact_every: args.compact_every.max(1),
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    server::run(config, shutdown).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    server::run(config, stop, CancellationToken::new()).await?;
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+/// Cancels `stop` on SIGTERM or Ctrl-C: a primary hands over, then the server stops.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
