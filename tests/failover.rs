@@ -1,11 +1,12 @@
-//! Failover with real processes: a primary killed with SIGKILL, and a primary paused with
-//! SIGSTOP past the election timeout, while a client keeps writing.
+//! Failover with real processes: a primary killed with SIGKILL, a primary paused with
+//! SIGSTOP past the election timeout, and every server restarted with SIGTERM in turn,
+//! while a client keeps writing.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -20,6 +21,8 @@ use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_un
 struct Writer {
     client: Arc<Client>,
     acked: Arc<Mutex<Vec<(String, u64)>>>,
+    /// Sends that failed at the client library (after all its retries).
+    failed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -30,8 +33,10 @@ impl Writer {
         let client = Arc::new(client);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+            let failed = failed.clone();
             async move {
                 // Bounded: at most 5,000 writes, and the test stops it long before.
                 for n in 0..5_000 {
@@ -42,7 +47,10 @@ impl Writer {
                     match client.send(&text).await {
                         Ok(index) => acked.lock().await.push((text, index)),
                         // Not acknowledged; the client retries the same seq on the next send.
-                        Err(err) => eprintln!("{text} not acknowledged: {err}"),
+                        Err(err) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("{text} not acknowledged: {err}");
+                        }
                     }
                 }
             }
@@ -50,6 +58,7 @@ impl Writer {
         Writer {
             client,
             acked,
+            failed,
             stop,
             task,
         }
@@ -250,5 +259,51 @@ async fn paused_primary_steps_down_without_two_primaries_in_a_term() {
         primaries.lock().await.len() >= 2,
         "the watcher saw the old and the new primary"
     );
+    assert_all_present_once(&cluster, &[0, 1, 2], &acked).await;
+}
+
+/// Issue "A crash is noticed in one round trip", must show 3: every server restarted with
+/// SIGTERM in turn, the primary first, under a writing client. A primary that gets SIGTERM
+/// hands its office to a backup before it stops (the new primary's term is the next one,
+/// with no election timeout in between), so no request fails at the client library, and
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_with_sigterm_fails_no_request() {
+    let mut cluster = Cluster::start(3).await;
+    let writer = Writer::start(&cluster).await;
+    writer.wait_more(20, "writes before the restarts").await;
+
+    let first = cluster.primary_index().await;
+    let order: Vec<usize> = std::iter::once(first)
+        .chain((0..3).filter(|&i| i != first))
+        .collect();
+    for i in order {
+        let was_primary = cluster.primary_index().await == i;
+        let term = cluster.status(i).await.term;
+        let exit = cluster.terminate(i).await;
+        assert!(exit.success(), "server {i} stops cleanly on SIGTERM: {exit:?}");
+        if was_primary {
+            let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+            wait_until(deadline(READY_TIMEOUT), "the hand-over's primary", async || {
+                for &j in &others {
+                    if let Ok(s) = cluster.try_status(j).await
+                        && s.role == "primary"
+                    {
+                        assert_eq!(s.term, term + 1, "handed over in the next term");
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+        }
+        writer.wait_more(10, "writes while a server is down").await;
+        cluster.restart(i).await;
+        cluster.wait_replicated().await;
+        writer.wait_more(10, "writes after the restart").await;
+    }
+    let failed = writer.failed.load(Ordering::Relaxed);
+    let acked = writer.finish().await;
+    assert_eq!(failed, 0, "no request failed at the client library");
     assert_all_present_once(&cluster, &[0, 1, 2], &acked).await;
 }

@@ -235,12 +235,22 @@ impl Cluster {
             .unwrap_or_else(|err| panic!("status of server {i}: {err}"))
     }
 
-    /// Every message on server `i`'s board (`GET /messages?limit=1000`).
+    /// Every message on server `i`'s board (`GET /messages`, a thousand at a time).
     pub async fn messages(&self, i: usize) -> Vec<MessageInfo> {
-        self.get_json::<MessagesResponse>(i, "/messages?limit=1000")
-            .await
-            .unwrap_or_else(|err| panic!("messages of server {i}: {err}"))
-            .messages
+        let mut board: Vec<MessageInfo> = Vec::new();
+        loop {
+            let from = board.last().map_or(1, |m| m.index + 1);
+            let page = self
+                .get_json::<MessagesResponse>(i, &format!("/messages?from={from}&limit=1000"))
+                .await
+                .unwrap_or_else(|err| panic!("messages of server {i}: {err}"))
+                .messages;
+            let full = page.len() == 1000;
+            board.extend(page);
+            if !full {
+                return board;
+            }
+        }
     }
 
     /// Every client server `i` knows (`GET /clients`).
