@@ -33,6 +33,11 @@ enum TopCommand {
     Admin(cli::admin::AdminArgs),
 }
 
+/// mimalloc rather than the system allocator: measured on the write path, glibc's malloc
+/// and free (with its consolidation of free chunks) took about 15 % of the servers' CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr; stdout carries only what a command prints for its user (for a

@@ -62,6 +62,9 @@ pub(super) struct ClusterArgs {
     /// Run the servers with `--fsync never` (to measure what fsync costs).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Keep the servers' logs in this directory (the cluster's own is removed at the end).
+    #[arg(long)]
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl ClusterArgs {

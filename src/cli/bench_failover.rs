@@ -171,6 +171,9 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
     }
     writer.abort();
     cluster.stop_all().await;
+    if let Some(dir) = &args.cluster.logs {
+        cluster.save_logs(dir)?;
+    }
 
     println!();
     summary("elected", rounds.iter().map(|r| r.elected).collect());

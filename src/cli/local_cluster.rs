@@ -18,6 +18,8 @@ pub struct LocalServer {
     pub addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    /// Frozen with SIGSTOP: running, but not answering.
+    paused: bool,
 }
 
 impl LocalServer {
@@ -27,11 +29,13 @@ impl LocalServer {
             addr: format!("127.0.0.1:{port}"),
             data_dir: dir.join(format!("server{}", i + 1)),
             child: None,
+            paused: false,
         }
     }
 
+    /// Started, not exited, and not frozen.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.paused
     }
 
     /// The process id while running, for reading the process's figures from `/proc`.
@@ -171,13 +175,27 @@ impl LocalCluster {
     }
 
     /// Freezes server `i` with SIGSTOP, like a process that stalls.
-    pub fn pause(&self, i: usize) -> Result<()> {
-        self.signal(i, nix::sys::signal::Signal::SIGSTOP)
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP)?;
+        self.servers[i].paused = true;
+        Ok(())
     }
 
     /// Thaws server `i` with SIGCONT.
-    pub fn resume(&self, i: usize) -> Result<()> {
-        self.signal(i, nix::sys::signal::Signal::SIGCONT)
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT)?;
+        self.servers[i].paused = false;
+        Ok(())
+    }
+
+    /// Copies every server's log into `dir`.
+    pub fn save_logs(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for i in 0..self.servers.len() {
+            let name = format!("server{}.log", i + 1);
+            std::fs::copy(self.dir.join(&name), dir.join(&name))?;
+        }
+        Ok(())
     }
 
     fn signal(&self, i: usize, signal: nix::sys::signal::Signal) -> Result<()> {

@@ -172,7 +172,7 @@ impl Peers {
             };
             if last && !shutdown.is_cancelled() {
                 debug!(%peer, "the last stream with the peer closed");
-                driver.connection_lost(peer);
+                driver.connection_lost(peer).await;
             }
         });
         connection

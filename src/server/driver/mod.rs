@@ -191,9 +191,10 @@ impl DriverHandle {
         answer.await.map_err(|_| shutting_down())?
     }
 
-    /// Tells the replica the connection from `peer` closed (does not wait).
-    pub fn connection_lost(&self, peer: NodeId) {
-        let _ = self.tx.try_send(Call::ConnectionLost(peer));
+    /// Tells the replica the connection from `peer` closed (waits for room in the queue:
+    /// under load it may be full, and this news must not be dropped).
+    pub async fn connection_lost(&self, peer: NodeId) {
+        let _ = self.send(Call::ConnectionLost(peer)).await;
     }
 
     /// Hands the primary's office over and waits until this server follows the new primary.
