@@ -281,20 +281,27 @@ async fn rolling_restart_with_sigterm_fails_no_request() {
         let was_primary = cluster.primary_index().await == i;
         let term = cluster.status(i).await.term;
         let exit = cluster.terminate(i).await;
-        assert!(exit.success(), "server {i} stops cleanly on SIGTERM: {exit:?}");
+        assert!(
+            exit.success(),
+            "server {i} stops cleanly on SIGTERM: {exit:?}"
+        );
         if was_primary {
             let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
-            wait_until(deadline(READY_TIMEOUT), "the hand-over's primary", async || {
-                for &j in &others {
-                    if let Ok(s) = cluster.try_status(j).await
-                        && s.role == "primary"
-                    {
-                        assert_eq!(s.term, term + 1, "handed over in the next term");
-                        return true;
+            wait_until(
+                deadline(READY_TIMEOUT),
+                "the hand-over's primary",
+                async || {
+                    for &j in &others {
+                        if let Ok(s) = cluster.try_status(j).await
+                            && s.role == "primary"
+                        {
+                            assert_eq!(s.term, term + 1, "handed over in the next term");
+                            return true;
+                        }
                     }
-                }
-                false
-            })
+                    false
+                },
+            )
             .await;
         }
         writer.wait_more(10, "writes while a server is down").await;

@@ -22,6 +22,7 @@ use super::bench_catch_up::{self, CatchUpArgs};
 use super::bench_failover::{self, FailoverArgs};
 use super::bench_rolling::{self, RollingArgs};
 use super::bench_soak::{self, SoakArgs};
+use super::bench_steady::{self, SteadyArgs};
 use super::bench_throughput::{self, ThroughputArgs};
 use super::local_cluster::{LocalCluster, hex_token};
 use understudy::api::StatusResponse;
@@ -45,6 +46,8 @@ enum BenchKind {
     CatchUp(CatchUpArgs),
     /// Restart every server in turn with SIGTERM under a writing client; the write gaps.
     RollingRestart(RollingArgs),
+    /// Load, backup restarts and cut connections: the primary must stay primary.
+    Steady(SteadyArgs),
 }
 
 /// Cluster shape and timing, shared by the benchmarks.
@@ -98,6 +101,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Soak(args) => bench_soak::run(args).await,
         BenchKind::CatchUp(args) => bench_catch_up::run(args).await,
         BenchKind::RollingRestart(args) => bench_rolling::run(args).await,
+        BenchKind::Steady(args) => bench_steady::run(args).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_failover;
 mod bench_proc;
 mod bench_rolling;
 mod bench_soak;
+mod bench_steady;
 mod bench_throughput;
 mod bench_writers;
 pub mod client;

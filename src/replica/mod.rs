@@ -43,8 +43,8 @@ use tracing::{debug, error, info};
 use crate::app::{Request, apply, client_addresses};
 use crate::error::{Error, Result};
 use crate::replication::{
-    Entry, Envelope, Index, Message, Node, NodeId, Output as NodeOutput, Payload, ReadId,
-    RoleKind, Term, Write,
+    Entry, Envelope, Index, Message, Node, NodeId, Output as NodeOutput, Payload, ReadId, RoleKind,
+    Term, Write,
 };
 
 pub use machine::Machine;

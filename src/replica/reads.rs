@@ -67,9 +67,11 @@ impl<S: Store, W> Replica<S, W> {
 
     /// Fails every read still waiting (this server is no longer the primary).
     pub(super) fn fail_reads(&mut self, error: impl Fn() -> Error) -> Vec<(W, Answer)> {
-        let waits = std::mem::take(&mut self.reads)
-            .into_values()
-            .chain(std::mem::take(&mut self.confirmed).into_iter().map(|(_, w)| w));
+        let waits = std::mem::take(&mut self.reads).into_values().chain(
+            std::mem::take(&mut self.confirmed)
+                .into_iter()
+                .map(|(_, w)| w),
+        );
         waits
             .map(|wait| match wait {
                 ReadWait::Read(waiter) => (waiter, Answer::Read(Err(error()))),

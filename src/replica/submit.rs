@@ -114,7 +114,9 @@ impl<S: Store, W> Replica<S, W> {
                 text,
             } => match check_message(tables, client_id, token_hash, *seq, text)? {
                 MessageCheck::New => {}
-                MessageCheck::Retry(index) => return Ok(Checked::Answered(Outcome::Posted { index })),
+                MessageCheck::Retry(index) => {
+                    return Ok(Checked::Answered(Outcome::Posted { index }));
+                }
                 MessageCheck::Rejected(rejection) => {
                     return Ok(Checked::Refused(rejection.into_error()));
                 }

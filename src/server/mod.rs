@@ -104,7 +104,11 @@ pub struct AppState {
 
 /// Binds `config.listen` and serves until `stop` is cancelled (then a primary hands its
 /// office over first, see [`serve_until`]) or `shutdown` is (at once).
-pub async fn run(config: Config, stop: CancellationToken, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: Config,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|err| Error::Io(format!("cannot listen on {}: {err}", config.listen)))?;
@@ -261,7 +265,11 @@ pub async fn serve_until(
 }
 
 /// On `stop`: hands over if primary (for at most `HAND_OVER_ON_STOP`), then shuts down.
-async fn stop_gracefully(driver: DriverHandle, stop: CancellationToken, shutdown: CancellationToken) {
+async fn stop_gracefully(
+    driver: DriverHandle,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = shutdown.cancelled() => return,

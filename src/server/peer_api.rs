@@ -19,8 +19,8 @@ use tracing::warn;
 
 use super::peer_stream::{HANDSHAKE_TIMEOUT, UPGRADE_PROTOCOL, accept_handshake};
 use crate::api::{
-    HandOverRequest, HandOverResponse, InitBackupRequest, InitBackupResponse,
-    RemoveServerRequest, RemoveServerResponse, SetBackupsRequest,
+    HandOverRequest, HandOverResponse, InitBackupRequest, InitBackupResponse, RemoveServerRequest,
+    RemoveServerResponse, SetBackupsRequest,
 };
 use crate::error::{Error, Result};
 

@@ -55,9 +55,17 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// What travels on a stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Frame {
-    Challenge { nonce: [u8; 32] },
-    Hello { id: NodeId, nonce: [u8; 32], mac: Vec<u8> },
-    Welcome { mac: Vec<u8> },
+    Challenge {
+        nonce: [u8; 32],
+    },
+    Hello {
+        id: NodeId,
+        nonce: [u8; 32],
+        mac: Vec<u8>,
+    },
+    Welcome {
+        mac: Vec<u8>,
+    },
     /// Protocol messages, in order.
     Messages(Vec<Envelope>),
     /// The receiver says the sender was removed from the cluster (and why).
@@ -229,7 +237,11 @@ pub struct Connection {
 
 impl Connection {
     /// Starts the reader and writer of an authenticated stream.
-    pub fn spawn<T, I>(stream: Authenticated<T>, inbound: I, shutdown: &CancellationToken) -> Connection
+    pub fn spawn<T, I>(
+        stream: Authenticated<T>,
+        inbound: I,
+        shutdown: &CancellationToken,
+    ) -> Connection
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
         I: Inbound,
@@ -238,7 +250,13 @@ impl Connection {
         let closed = shutdown.child_token();
         let Authenticated { peer, read, write } = stream;
         tokio::spawn(write_frames(write, queued, closed.clone()));
-        tokio::spawn(read_frames(read, peer, inbound, frames.clone(), closed.clone()));
+        tokio::spawn(read_frames(
+            read,
+            peer,
+            inbound,
+            frames.clone(),
+            closed.clone(),
+        ));
         Connection { frames, closed }
     }
 

@@ -156,9 +156,14 @@ impl Peers {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let peer = stream.peer.clone();
-        let connection = Connection::spawn(stream, self.inner.inbound.clone(), &self.inner.shutdown);
+        let connection =
+            Connection::spawn(stream, self.inner.inbound.clone(), &self.inner.shutdown);
         let counts = self.inner.open_streams.clone();
-        *counts.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.clone()).or_default() += 1;
+        *counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer.clone())
+            .or_default() += 1;
         let closed = connection.closed.clone();
         let driver = self.inner.inbound.driver.clone();
         let shutdown = self.inner.shutdown.clone();
@@ -213,7 +218,10 @@ impl Peers {
         Ok(self.open(stream))
     }
 
-    async fn dial_stream(&self, peer: &NodeId) -> Result<Authenticated<TokioIo<hyper::upgrade::Upgraded>>> {
+    async fn dial_stream(
+        &self,
+        peer: &NodeId,
+    ) -> Result<Authenticated<TokioIo<hyper::upgrade::Upgraded>>> {
         let tcp = TcpStream::connect(peer.as_str())
             .await
             .map_err(|err| Error::Unavailable(format!("cannot reach {peer}: {err}")))?;
@@ -249,7 +257,13 @@ impl Peers {
         let upgraded = hyper::upgrade::on(response)
             .await
             .map_err(|err| Error::Unavailable(format!("{peer}: {err}")))?;
-        dial_handshake(TokioIo::new(upgraded), &self.inner.secret, &self.inner.me, peer).await
+        dial_handshake(
+            TokioIo::new(upgraded),
+            &self.inner.secret,
+            &self.inner.me,
+            peer,
+        )
+        .await
     }
 }
 

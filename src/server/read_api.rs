@@ -34,22 +34,22 @@ pub async fn status(
 ) -> Result<Json<StatusResponse>> {
     let query = read_query(query.as_deref().unwrap_or(""))?;
     let status = read_state(&app.driver, query.consistent, |view| {
-            let node = view.node.status();
-            let counters = view.tables.counters()?;
-            Ok::<_, Error>(StatusResponse {
-                id: node.id,
-                role: node.role.as_str().to_string(),
-                term: node.term,
-                primary: node.primary,
-                members: node.members,
-                commit_index: node.commit_index,
-                applied_index: view.applied,
-                clients: counters.clients,
-                logged_in: counters.logged_in,
-                messages: counters.messages,
-            })
+        let node = view.node.status();
+        let counters = view.tables.counters()?;
+        Ok::<_, Error>(StatusResponse {
+            id: node.id,
+            role: node.role.as_str().to_string(),
+            term: node.term,
+            primary: node.primary,
+            members: node.members,
+            commit_index: node.commit_index,
+            applied_index: view.applied,
+            clients: counters.clients,
+            logged_in: counters.logged_in,
+            messages: counters.messages,
         })
-        .await??;
+    })
+    .await??;
     Ok(Json(status))
 }
 
@@ -62,14 +62,14 @@ pub async fn clients(
         client_summaries(view.tables)
     })
     .await??
-        .into_iter()
-        .map(|c| ClientInfo {
-            client_id: c.client_id,
-            address: c.address,
-            username: c.username,
-            logged_in: c.logged_in,
-        })
-        .collect();
+    .into_iter()
+    .map(|c| ClientInfo {
+        client_id: c.client_id,
+        address: c.address,
+        username: c.username,
+        logged_in: c.logged_in,
+    })
+    .collect();
     Ok(Json(ClientsResponse { clients }))
 }
 
@@ -89,15 +89,15 @@ pub async fn messages(
         board(view.tables, from, limit)
     })
     .await??
-        .into_iter()
-        .map(|m| MessageInfo {
-            index: m.index,
-            client_id: m.client_id,
-            username: m.username,
-            seq: m.seq,
-            message: m.text,
-        })
-        .collect();
+    .into_iter()
+    .map(|m| MessageInfo {
+        index: m.index,
+        client_id: m.client_id,
+        username: m.username,
+        seq: m.seq,
+        message: m.text,
+    })
+    .collect();
     Ok(Json(MessagesResponse { messages }))
 }
 

@@ -161,11 +161,13 @@ impl Sim {
         };
         let primary = self.servers[p].id.clone();
         p != server
-            && self.servers[p].node().is_some_and(|n| n.handing_over().is_none())
-            && self
-                .servers
-                .iter()
-                .all(|s| s.node().is_some_and(|n| n.primary().as_ref() == Some(&primary)))
+            && self.servers[p]
+                .node()
+                .is_some_and(|n| n.handing_over().is_none())
+            && self.servers.iter().all(|s| {
+                s.node()
+                    .is_some_and(|n| n.primary().as_ref() == Some(&primary))
+            })
     }
 
     /// The running primary of the highest term, as redirects would find it.

@@ -83,7 +83,10 @@ impl Sim {
             self.settled_at = Some(self.now + settle);
             return Ok(());
         };
-        let handed_over = matches!(self.last_cause[server], Some(ElectionCause::HandOver { .. }));
+        let handed_over = matches!(
+            self.last_cause[server],
+            Some(ElectionCause::HandOver { .. })
+        );
         if self.now > settled_at && !handed_over {
             return Err(Violation::new(
                 Invariant::StickyPrimary,

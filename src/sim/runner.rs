@@ -419,7 +419,9 @@ impl Sim {
         self.note_elections(server, &effects.elections);
         for cause in &effects.elections {
             match cause {
-                ElectionCause::ConnectionLost { .. } => self.report.elections_on_lost_connection += 1,
+                ElectionCause::ConnectionLost { .. } => {
+                    self.report.elections_on_lost_connection += 1
+                }
                 ElectionCause::HandOver { .. } => self.report.elections_on_hand_over += 1,
                 ElectionCause::Silent { .. } | ElectionCause::Bootstrap => {}
             }

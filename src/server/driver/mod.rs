@@ -492,7 +492,10 @@ fn log_election(term: Term, cause: &ElectionCause, tick: Duration) {
         }
         ElectionCause::Silent { ticks } => {
             let silent_ms = u128::from(*ticks) * tick.as_millis();
-            warn!(term, silent_ms, "starting an election: no primary heard from for {silent_ms} ms")
+            warn!(
+                term,
+                silent_ms, "starting an election: no primary heard from for {silent_ms} ms"
+            )
         }
         ElectionCause::HandOver { from } => {
             info!(term, %from, "starting an election: the primary handed over")
