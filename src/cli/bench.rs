@@ -20,6 +20,7 @@ use anyhow::{Result, bail};
 
 use super::bench_catch_up::{self, CatchUpArgs};
 use super::bench_failover::{self, FailoverArgs};
+use super::bench_notify::{self, NotifyArgs};
 use super::bench_rolling::{self, RollingArgs};
 use super::bench_soak::{self, SoakArgs};
 use super::bench_steady::{self, SteadyArgs};
@@ -48,6 +49,8 @@ enum BenchKind {
     RollingRestart(RollingArgs),
     /// Load, backup restarts and cut connections: the primary must stay primary.
     Steady(SteadyArgs),
+    /// Many registered listeners, a kill of the primary: how fast all are told.
+    Notify(NotifyArgs),
 }
 
 /// Cluster shape and timing, shared by the benchmarks.
@@ -102,6 +105,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchKind::CatchUp(args) => bench_catch_up::run(args).await,
         BenchKind::RollingRestart(args) => bench_rolling::run(args).await,
         BenchKind::Steady(args) => bench_steady::run(args).await,
+        BenchKind::Notify(args) => bench_notify::run(args).await,
     }
 }
 

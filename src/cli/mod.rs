@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bench;
 mod bench_catch_up;
 mod bench_failover;
+mod bench_notify;
 mod bench_proc;
 mod bench_rolling;
 mod bench_soak;

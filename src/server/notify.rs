@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::auth::ClusterSecret;
 use super::peer_call::PeerPost;
 use crate::api::{NewPrimary, SetBackupsRequest};
-use crate::client::http::{HttpClient, HttpResponse, Method};
+use crate::client::http::{HttpClient, HttpResponse};
 use crate::error::Result;
 use crate::replication::{NodeId, Term};
 
@@ -25,6 +26,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub const SET_BACKUPS_PATH: &str = "/replication/set-backups";
 /// The path of a client's notification listener.
 const NEW_PRIMARY_PATH: &str = "/new-primary";
+/// Calls to clients' listeners in flight at once (they are many, and each is short).
+const CLIENT_WORKERS: usize = 512;
+/// One call to a client's listener: loopback or a LAN answers in well under this.
+const CLIENT_CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -65,6 +70,11 @@ impl Notifier {
 
     /// Tells every client at `addresses` that we are the primary of `term`. Clients are not
     /// peers: these calls are not signed (a client has no cluster secret to check them).
+    ///
+    /// There may be tens of thousands, so this is cheap per client: a fixed number of
+    /// workers take addresses off one list, and each call is a bare HTTP/1.1 exchange on a
+    /// fresh connection (the body is encoded once), with a short timeout; nothing waits
+    /// for it, and a client that misses it finds the primary through redirects.
     pub fn new_primary(&self, term: Term, addresses: Vec<String>) {
         let notice = NewPrimary {
             primary: self.id.clone(),
@@ -73,20 +83,21 @@ impl Notifier {
         let Ok(body) = serde_json::to_vec(&notice) else {
             return;
         };
-        let body = Bytes::from(body);
-        for address in addresses {
-            let (http, body) = (self.http.clone(), body.clone());
-            self.spawn(address.clone(), NEW_PRIMARY_PATH, async move {
-                let headers = [("content-type", "application/json".to_string())];
-                http.request_with_timeout(
-                    Method::POST,
-                    &address,
-                    NEW_PRIMARY_PATH,
-                    &headers,
-                    Some(body),
-                    CALL_TIMEOUT,
-                )
-                .await
+        let body: Arc<[u8]> = body.into();
+        let workers = CLIENT_WORKERS.min(addresses.len());
+        let queue = Arc::new(std::sync::Mutex::new(addresses.into_iter()));
+        for _ in 0..workers {
+            let (queue, body) = (queue.clone(), body.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(address) = next else {
+                        return;
+                    };
+                    if let Err(why) = tell_client(&address, &body).await {
+                        debug!(%address, why, "client not told of the new primary");
+                    }
+                }
             });
         }
     }
@@ -110,4 +121,38 @@ impl Notifier {
             }
         });
     }
+}
+
+/// One `POST /new-primary` to a client's listener: connect, send, read the status line.
+async fn tell_client(address: &str, body: &[u8]) -> std::result::Result<(), String> {
+    let call = async {
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|err| err.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let head = format!(
+            "POST {NEW_PRIMARY_PATH} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut request = Vec::with_capacity(head.len() + body.len());
+        request.extend_from_slice(head.as_bytes());
+        request.extend_from_slice(body);
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut status = [0u8; 12];
+        stream
+            .read_exact(&mut status)
+            .await
+            .map_err(|err| err.to_string())?;
+        if status.starts_with(b"HTTP/1.1 2") || status.starts_with(b"HTTP/1.0 2") {
+            Ok(())
+        } else {
+            Err(format!("answered {}", String::from_utf8_lossy(&status)))
+        }
+    };
+    tokio::time::timeout(CLIENT_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
