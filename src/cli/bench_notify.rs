@@ -104,7 +104,10 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
     if let Some(dir) = &args.cluster.logs {
         cluster.save_logs(dir)?;
     }
-    println!("kill to election (seen by polling /status): {:.1} ms", ms(elected));
+    println!(
+        "kill to election (seen by polling /status): {:.1} ms",
+        ms(elected)
+    );
     println!(
         "{} of {} listeners told within 30 s",
         times.len(),
@@ -135,7 +138,9 @@ async fn listen(listener: TcpListener, heard: mpsc::UnboundedSender<(Instant, St
         let mut buffer = Vec::with_capacity(512);
         let mut chunk = [0u8; 512];
         let body = loop {
-            let Ok(n) = stream.read(&mut chunk).await else { break None };
+            let Ok(n) = stream.read(&mut chunk).await else {
+                break None;
+            };
             if n == 0 {
                 break None;
             }
