@@ -53,7 +53,15 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
-    let result = tokio::runtime::Runtime::new()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let TopCommand::Server(args) = &cli.command
+        && let Some(threads) = args.worker_threads()
+    {
+        builder.worker_threads(threads);
+    }
+    let result = builder
+        .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| match cli.command {
             TopCommand::Server(args) => runtime.block_on(cli::server::run(args)),

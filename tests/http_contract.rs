@@ -236,7 +236,7 @@ async fn peer_endpoints_refuse_requests_without_valid_cluster_credentials() {
     let set_backups = json!({ "primary": "127.0.0.1:1", "term": term + 1, "backups": [] })
         .to_string()
         .into_bytes();
-    let requests: [(Method, &str, Vec<u8>); 8] = [
+    let requests: [(Method, &str, Vec<u8>); 10] = [
         (Method::POST, "/replication/init-backup", init_backup),
         (
             Method::POST,
@@ -247,6 +247,8 @@ async fn peer_endpoints_refuse_requests_without_valid_cluster_credentials() {
         (Method::POST, "/replication/whatever", b"{}".to_vec()),
         (Method::POST, "/replication", b"{}".to_vec()),
         (Method::GET, "/replication/messages", Vec::new()),
+        (Method::GET, "/replication/stream", Vec::new()),
+        (Method::POST, "/replication/hand-over", b"{}".to_vec()),
         (Method::GET, "/replication/init-backup", Vec::new()),
         (Method::PUT, "/replication/set-backups", set_backups.clone()),
     ];

@@ -71,6 +71,9 @@ pub(super) struct ClusterArgs {
     /// Keep the servers' logs in this directory (the cluster's own is removed at the end).
     #[arg(long)]
     pub logs: Option<std::path::PathBuf>,
+    /// The servers' --worker-threads (their default, one per core, if not given).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 impl ClusterArgs {
@@ -84,6 +87,9 @@ impl ClusterArgs {
         }
         if self.no_fsync {
             args.extend(["--fsync".to_string(), "never".to_string()]);
+        }
+        if let Some(threads) = self.worker_threads {
+            args.extend(["--worker-threads".to_string(), threads.to_string()]);
         }
         args
     }

@@ -40,6 +40,16 @@ pub struct ServerArgs {
     /// operating system, which loses it if the machine fails; for measurements only.
     #[arg(long, value_enum, default_value_t = Fsync::Always)]
     fsync: Fsync,
+    /// Threads of the async runtime (default: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
+}
+
+impl ServerArgs {
+    /// The runtime's worker threads, if given.
+    pub fn worker_threads(&self) -> Option<usize> {
+        self.worker_threads.filter(|&n| n > 0)
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -475,3 +475,140 @@ fn log_is_held_for_a_backup_catching_up_but_not_for_a_distant_or_silent_one() {
         "only a primary holds"
     );
 }
+
+impl Cluster {
+    /// Delivers every queued message between servers in `alive`; the rest is lost.
+    fn deliver_among(&mut self, alive: &[usize]) {
+        let in_reach = |server: &NodeId| alive.iter().any(|&a| *server == id(a));
+        while let Some(env) = self.queue.pop_front() {
+            if in_reach(&env.from) && in_reach(&env.to) {
+                self.deliver(env);
+            }
+        }
+    }
+
+    /// One tick of every server in `alive`, then what follows among them.
+    fn tick_among(&mut self, alive: &[usize]) {
+        for &n in alive {
+            self.node(n).tick();
+            self.drain(&id(n));
+        }
+        self.deliver_among(alive);
+    }
+
+    fn reads(&self, n: usize) -> Vec<(ReadId, Index)> {
+        self.reads.get(&id(n)).cloned().unwrap_or_default()
+    }
+}
+
+/// Crash detection on connection loss: when the primary's process dies, the backups see
+/// its streams close and elect a new primary within a few ticks, long before any election
+/// timeout (10 ticks here) would have run out.
+#[test]
+fn backups_that_lose_a_dead_primary_elect_another_within_ticks() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term();
+    for n in [2, 3] {
+        c.node(n).connection_lost(&id(1));
+        c.drain(&id(n));
+    }
+    c.deliver_among(&[2, 3]);
+    for _ in 0..3 {
+        if c.node(2).is_primary() || c.node(3).is_primary() {
+            break;
+        }
+        c.tick_among(&[2, 3]);
+    }
+    let new = if c.node(2).is_primary() { 2 } else { 3 };
+    assert!(c.node(new).is_primary(), "a new primary within 3 ticks");
+    assert_eq!(c.node(new).term(), term + 1, "one election, no split vote");
+}
+
+/// Leader stickiness with connection loss: one backup losing its stream from a healthy
+/// primary starts a pre-vote, but the other backup still hears the primary and refuses it,
+/// so the term never moves; the next heartbeat brings the backup back.
+#[test]
+fn one_lost_connection_does_not_depose_a_healthy_primary() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.node(2).connection_lost(&id(1));
+    c.drain(&id(2));
+    c.deliver_all();
+    for _ in 0..5 {
+        c.tick_among(&[1, 2, 3]);
+    }
+    assert!(c.node(1).is_primary());
+    for n in 1..=3 {
+        assert_eq!(c.node(n).term(), term, "n{n} kept the term");
+    }
+    assert_eq!(
+        c.node(2).primary(),
+        Some(id(1)),
+        "n2 follows the primary again"
+    );
+}
+
+/// ReadIndex: a read is confirmed only once a majority has answered a round that began
+/// after it was asked, and carries the commit index of that moment.
+#[test]
+fn a_read_is_confirmed_by_a_majority_round() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.deliver_all();
+    let commit = c.commit_index(1);
+    let read = c.node(1).read_index().expect("a primary takes reads");
+    c.drain(&id(1));
+    assert!(
+        c.reads(1).is_empty(),
+        "not confirmed before anyone answered"
+    );
+    c.deliver_all();
+    assert_eq!(c.reads(1), vec![(read, commit)]);
+}
+
+/// ReadIndex: a primary cut off from the others never confirms a read, however long it
+/// waits; the others elect a new primary meanwhile.
+#[test]
+fn a_cut_off_primary_never_confirms_a_read() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node(1).read_index().expect("a primary takes reads");
+    c.drain(&id(1));
+    c.queue.clear();
+    for _ in 0..40 {
+        c.tick_among(&[1]);
+        c.tick_among(&[2, 3]);
+    }
+    assert!(c.reads(1).is_empty(), "no confirmation without a majority");
+    assert!(c.node(2).is_primary() || c.node(3).is_primary());
+}
+
+/// Hand-over (Raft thesis 3.10): the primary stops taking proposals, brings the chosen
+/// backup up to date and tells it to campaign; it wins the next term at once, with every
+/// entry the old primary had, although every voter heard the old primary a moment ago.
+#[test]
+fn hand_over_makes_the_backup_primary_in_the_next_term_with_the_whole_log() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.propose(1, b"a");
+    c.propose(1, b"b");
+    assert_eq!(c.node(1).hand_over(Some(id(2))).unwrap(), id(2));
+    assert!(
+        matches!(
+            c.node(1).propose(b"c".to_vec()),
+            Err(crate::Error::Unavailable(_))
+        ),
+        "no new proposals during a hand-over"
+    );
+    c.drain(&id(1));
+    c.deliver_all();
+    assert!(c.node(2).is_primary(), "the named backup took over");
+    assert_eq!(c.node(2).term(), term + 1);
+    assert!(!c.node(1).is_primary());
+    c.deliver_all();
+    assert_eq!(c.applied_commands(2), vec![b"a".to_vec(), b"b".to_vec()]);
+}

@@ -332,3 +332,63 @@ async fn read_frames<R: AsyncRead + Unpin, I: Inbound>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(text: &str) -> ClusterSecret {
+        ClusterSecret::new(text).unwrap()
+    }
+
+    /// Security: two servers under the same secret open a stream and learn each other's
+    /// names; under another secret the acceptor refuses the dialer.
+    #[tokio::test]
+    async fn the_handshake_needs_the_same_secret() {
+        let (dialer_id, acceptor_id) = ("d:1".to_string(), "a:2".to_string());
+        let (a, b) = tokio::io::duplex(4096);
+        let ours = secret("the secret of this cluster");
+        let (dialer, acceptor) = tokio::join!(
+            dial_handshake(a, &ours, &dialer_id, &acceptor_id),
+            accept_handshake(b, &ours, &acceptor_id),
+        );
+        assert_eq!(dialer.unwrap().peer, "a:2");
+        assert_eq!(acceptor.unwrap().peer, "d:1");
+
+        let (a, b) = tokio::io::duplex(4096);
+        let theirs = secret("the secret of another cluster");
+        let (_, acceptor) = tokio::join!(
+            dial_handshake(a, &theirs, &dialer_id, &acceptor_id),
+            accept_handshake(b, &ours, &acceptor_id),
+        );
+        assert!(acceptor.is_err(), "a stranger is refused");
+    }
+
+    /// Security: a recorded `Hello` is worth nothing on another connection, whose
+    /// challenge carries a fresh nonce.
+    #[tokio::test]
+    async fn a_recorded_hello_cannot_be_replayed() {
+        let key = secret("the secret of this cluster");
+        let me = "a:2".to_string();
+        // A Hello made for some earlier challenge.
+        let earlier: [u8; 32] = [7; 32];
+        let recorded = Frame::Hello {
+            id: "d:1".to_string(),
+            nonce: [9; 32],
+            mac: handshake_mac(&key, "dial", &earlier, "d:1", &me),
+        };
+        let (a, b) = tokio::io::duplex(4096);
+        let attacker = async move {
+            let (read, write) = tokio::io::split(a);
+            let mut read = FramedRead::new(read, codec());
+            let mut write = FramedWrite::new(write, codec());
+            let challenge = next_frame(&mut read).await.unwrap();
+            assert!(matches!(challenge, Frame::Challenge { nonce } if nonce != earlier));
+            send_frame(&mut write, &recorded).await.unwrap();
+            // Keep the pipe open until the acceptor has decided.
+            let _ = next_frame(&mut read).await;
+        };
+        let (_, accepted) = tokio::join!(attacker, accept_handshake(b, &key, &me));
+        assert!(accepted.is_err(), "the replayed Hello is refused");
+    }
+}
