@@ -361,7 +361,7 @@ fn same_seed_same_run() {
 /// Seeds of the long sweep that once failed, run on every `cargo test`: two stores received
 /// in one round of the driver, both taken, the first swap given the second's file and the
 /// replica thinking both done after the first (`Replica::install` counts them now, and the
-/// drivers keep the received stores in the order of the swaps).
+/// drivers keep the received stores in the order of the swaps); and a hand-over below.
 #[test]
 fn seeds_the_long_sweep_caught() {
     let seeds = [
@@ -378,6 +378,10 @@ fn seeds_the_long_sweep_caught() {
         (1092352, 3),
         (1096607, 5),
         (1097069, 5),
+        // A hand-over given up just as its backup campaigned: the old primary took writes
+        // again, the backup's vote requests deposed it and it could not win (the give-up
+        // now waits a whole election timeout after telling the backup to campaign).
+        (1062590, 3),
     ];
     let configs = seeds
         .iter()

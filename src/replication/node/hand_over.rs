@@ -3,8 +3,9 @@
 //! once (`TimeoutNow`). The backup's vote request is marked as a hand-over, so voters
 //! answer it although they heard from the primary a moment ago; the old primary steps down
 //! on the new term. Nothing acknowledged can be lost: the backup holds every entry the old
-//! primary has, and the vote rules are unchanged. A hand-over that does not complete within
-//! an election timeout is given up and the primary takes proposals again.
+//! primary has, and the vote rules are unchanged. A hand-over is given up, and the primary
+//! takes proposals again, if the backup has not caught up within two election timeouts, or
+//! has not won within one after being told to campaign.
 
 use tracing::info;
 

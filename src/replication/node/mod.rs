@@ -209,7 +209,8 @@ struct PendingRead {
 #[derive(Debug)]
 struct HandOver {
     to: NodeId,
-    /// Ticks since it began; it is given up after an election timeout.
+    /// Ticks since it began; it is given up after two election timeouts without the
+    /// backup catching up, or one after telling it to campaign.
     elapsed: u32,
     /// When `TimeoutNow` was last sent (resent every heartbeat, in case it was lost).
     told_at: Option<u64>,
@@ -534,7 +535,15 @@ impl Node {
                 }
                 if let Some(hand_over) = &mut primary.hand_over {
                     hand_over.elapsed += 1;
-                    if hand_over.elapsed >= self.opts.election_ticks {
+                    // The backup gets two election timeouts to catch up, and once told to
+                    // campaign, a whole one to win: taking writes again while its vote
+                    // requests are on their way would leave it behind and cost an election.
+                    let limit = u64::from(self.opts.election_ticks);
+                    let given_up = match hand_over.told_at {
+                        None => u64::from(hand_over.elapsed) >= 2 * limit,
+                        Some(at) => self.ticks >= at + limit,
+                    };
+                    if given_up {
                         warn!(to = %hand_over.to, "the hand-over did not complete; taking writes again");
                         primary.hand_over = None;
                     }
