@@ -29,7 +29,7 @@ enum TopCommand {
     /// Measure failover times, throughput, a long soak and a joining server's catch-up on a
     /// local cluster.
     Bench(cli::bench::BenchArgs),
-    /// Operator commands: cluster status, removing a server.
+    /// Operator commands: cluster status, removing a server, handing the primary over.
     Admin(cli::admin::AdminArgs),
 }
 
