@@ -94,6 +94,9 @@ pub struct StatusResponse {
     pub members: Vec<String>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The last entry in this server's log (committed or not).
+    #[serde(default)]
+    pub last_index: u64,
     pub clients: u64,
     pub logged_in: u64,
     pub messages: u64,

@@ -44,6 +44,7 @@ pub async fn status(
             members: node.members,
             commit_index: node.commit_index,
             applied_index: view.applied,
+            last_index: node.last_index,
             clients: counters.clients,
             logged_in: counters.logged_in,
             messages: counters.messages,
