@@ -111,7 +111,9 @@ async fn client_endpoints_answer_with_the_contract_shapes() {
 }
 
 /// Contract, Read endpoints: `GET /status` has every field with its type; on a cluster of
-/// one the server is the primary and the only member, and applies what it commits.
+/// one the server is the primary and the only member, applies what it commits, and its log
+/// ends at or after its commit index (`last_index`, added for operators and the partition
+/// test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_every_field() {
     let (server, _client_id, _token) = server_with_alice().await;
@@ -125,6 +127,7 @@ async fn status_reports_every_field() {
             "clients",
             "commit_index",
             "id",
+            "last_index",
             "logged_in",
             "members",
             "messages",
@@ -137,13 +140,14 @@ async fn status_reports_every_field() {
     assert_eq!(status["role"], "primary");
     assert_eq!(status["primary"], server.addr.as_str());
     assert_eq!(status["members"], json!([server.addr]));
-    for field in ["term", "commit_index", "applied_index"] {
+    for field in ["term", "commit_index", "applied_index", "last_index"] {
         assert!(
             status[field].as_u64().is_some_and(|n| n >= 1),
             "{field}: {status}"
         );
     }
     assert_eq!(status["applied_index"], status["commit_index"]);
+    assert!(status["last_index"].as_u64() >= status["commit_index"].as_u64());
     assert_eq!(status["clients"], 1);
     assert_eq!(status["logged_in"], 1);
     assert_eq!(status["messages"], 0);
