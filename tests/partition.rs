@@ -130,36 +130,16 @@ async fn settled_primary(http: &HttpClient) -> usize {
     found
 }
 
-/// Server `i`'s last log index (it answers the clients' side even when cut off).
-async fn last_index(http: &HttpClient, i: usize) -> u64 {
-    let mut last = 0;
+/// Server `i`'s `/status`, once it answers (the clients' side reaches it even when it is
+/// cut off from the other servers).
+async fn status_now(http: &HttpClient, i: usize) -> StatusResponse {
+    let mut answer = None;
     wait_until("the server to answer", async || {
-        match status(http, i).await {
-            Some(s) => {
-                last = s.last_index;
-                true
-            }
-            None => false,
-        }
+        answer = status(http, i).await;
+        answer.is_some()
     })
     .await;
-    last
-}
-
-/// Server `i`'s commit index.
-async fn commit_index(http: &HttpClient, i: usize) -> u64 {
-    let mut commit = 0;
-    wait_until("the server to answer", async || {
-        match status(http, i).await {
-            Some(s) => {
-                commit = s.commit_index;
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
-    commit
+    answer.expect("answered")
 }
 
 /// A primary other than `old`, in a term above `term`.
@@ -276,10 +256,10 @@ async fn run() {
     let p = settled_primary(&http).await;
     let term = status(&http, p).await.map_or(0, |s| s.term);
     net.isolate(p);
-    let last = last_index(&http, p).await;
+    let last = status_now(&http, p).await.last_index;
     new_primary(&http, p, term).await;
     more_acks(&acks, 30).await;
-    isolations.push((p, last, commit_index(&http, p).await));
+    isolations.push((p, last, status_now(&http, p).await.commit_index));
     net.heal();
     settled_primary(&http).await;
 
@@ -326,7 +306,7 @@ async fn run() {
     let mut isolated: Option<(usize, u64)> = None;
     while Instant::now() < until {
         if let Some((i, last)) = isolated.take() {
-            isolations.push((i, last, commit_index(&http, i).await));
+            isolations.push((i, last, status_now(&http, i).await.commit_index));
         }
         net.heal();
         match rng.random_range(0..4) {
@@ -334,7 +314,7 @@ async fn run() {
             1 => {
                 let i = rng.random_range(0..SERVERS);
                 net.isolate(i);
-                isolated = Some((i, last_index(&http, i).await));
+                isolated = Some((i, status_now(&http, i).await.last_index));
             }
             _ => {
                 for _ in 0..rng.random_range(1..=3) {
@@ -347,7 +327,7 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_000))).await;
     }
     if let Some((i, last)) = isolated.take() {
-        isolations.push((i, last, commit_index(&http, i).await));
+        isolations.push((i, last, status_now(&http, i).await.commit_index));
     }
     net.heal();
     settled_primary(&http).await;

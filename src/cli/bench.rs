@@ -181,3 +181,31 @@ pub(super) fn ms(d: Duration) -> f64 {
 pub(super) fn millis(d: Option<Duration>) -> String {
     d.map_or("-".to_string(), |d| format!("{:.2}", ms(d)))
 }
+
+/// Waits until every running server answers, none is joining, exactly one is primary, and
+/// each has applied to within `slack` entries of the highest commit index.
+pub(super) async fn caught_up(cluster: &LocalCluster, slack: u64) -> Result<()> {
+    cluster
+        .wait_for("a caught-up cluster", WAIT_LIMIT, |s| {
+            let commit = s.iter().map(|s| s.commit_index).max().unwrap_or(0);
+            s.iter()
+                .all(|s| s.applied_index + slack >= commit && s.role != "joining")
+                && s.iter().filter(|s| s.role == "primary").count() == 1
+        })
+        .await?;
+    Ok(())
+}
+
+/// Waits for `count` more acknowledged writes from a writer that reports each one.
+pub(super) async fn wait_acks<T>(
+    acks: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    count: usize,
+) -> Result<()> {
+    for _ in 0..count {
+        tokio::time::timeout(WAIT_LIMIT, acks.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("writes are not being acknowledged"))?
+            .ok_or_else(|| anyhow::anyhow!("the writer stopped"))?;
+    }
+    Ok(())
+}

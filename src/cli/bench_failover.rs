@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use tokio::sync::mpsc;
 
-use super::bench::{ClusterArgs, WAIT_LIMIT, logged_in_client, ms, start_cluster};
+use super::bench::{
+    ClusterArgs, WAIT_LIMIT, caught_up, logged_in_client, ms, start_cluster, wait_acks,
+};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct FailoverArgs {
@@ -95,14 +97,7 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         // Steady state first: every server up and caught up, and writes flowing.
-        cluster
-            .wait_for("a caught-up cluster", WAIT_LIMIT, |s| {
-                let commit = s.iter().map(|s| s.commit_index).max().unwrap_or(0);
-                s.iter()
-                    .all(|s| s.applied_index == commit && s.role != "joining")
-                    && s.iter().filter(|s| s.role == "primary").count() == 1
-            })
-            .await?;
+        caught_up(&cluster, 0).await?;
         wait_acks(&mut acks, 20).await?;
         while notes.try_recv().is_ok() {}
 
@@ -187,20 +182,6 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
     );
     let changed = rounds.iter().filter(|r| r.old != r.new).count();
     println!("primary changed in {changed} of {} rounds", rounds.len());
-    Ok(())
-}
-
-/// Waits for `count` more acknowledged writes.
-async fn wait_acks(
-    acks: &mut mpsc::UnboundedReceiver<(Instant, Option<String>)>,
-    count: usize,
-) -> Result<()> {
-    for _ in 0..count {
-        tokio::time::timeout(WAIT_LIMIT, acks.recv())
-            .await
-            .map_err(|_| anyhow!("writes are not being acknowledged"))?
-            .ok_or_else(|| anyhow!("the writer stopped"))?;
-    }
     Ok(())
 }
 

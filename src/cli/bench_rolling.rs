@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use tokio::sync::mpsc;
 
-use super::bench::{ClusterArgs, WAIT_LIMIT, logged_in_client, ms, start_cluster};
+use super::bench::{ClusterArgs, caught_up, logged_in_client, ms, start_cluster, wait_acks};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct RollingArgs {
@@ -70,8 +70,8 @@ pub(super) async fn run(args: RollingArgs) -> Result<()> {
         order.insert(0, first);
         for i in order {
             restart += 1;
-            settle(&cluster).await?;
-            drain_acks(&mut acks, 20).await?;
+            caught_up(&cluster, 64).await?;
+            wait_acks(&mut acks, 20).await?;
             let role = if cluster.primary().await? == cluster.servers[i].addr {
                 "primary"
             } else {
@@ -82,7 +82,7 @@ pub(super) async fn run(args: RollingArgs) -> Result<()> {
             let started = last;
             cluster.terminate(i).await;
             cluster.spawn(i, None)?;
-            settle(&cluster).await?;
+            caught_up(&cluster, 64).await?;
             // The longest pause in the acknowledgements from the SIGTERM to here.
             let mut longest = Duration::ZERO;
             while let Ok(at) = acks.try_recv() {
@@ -91,7 +91,7 @@ pub(super) async fn run(args: RollingArgs) -> Result<()> {
                     last = at;
                 }
             }
-            drain_acks(&mut acks, 20).await?;
+            wait_acks(&mut acks, 20).await?;
             let failed_now = failed.load(Ordering::Relaxed) - failed_before;
             println!(
                 "{restart:>7}  {:<16} {role:<8} {:>9.1} ms {failed_now:>8}",
@@ -113,30 +113,5 @@ pub(super) async fn run(args: RollingArgs) -> Result<()> {
         gaps.len(),
         failed.load(Ordering::Relaxed)
     );
-    Ok(())
-}
-
-/// Every server up, a member, caught up, and one primary.
-async fn settle(cluster: &super::local_cluster::LocalCluster) -> Result<()> {
-    cluster
-        .wait_for("a caught-up cluster", WAIT_LIMIT, |s| {
-            let commit = s.iter().map(|s| s.commit_index).max().unwrap_or(0);
-            s.len() == cluster.servers.len()
-                && s.iter()
-                    .all(|s| s.applied_index + 64 >= commit && s.role != "joining")
-                && s.iter().filter(|s| s.role == "primary").count() == 1
-        })
-        .await?;
-    Ok(())
-}
-
-/// Waits for `count` more acknowledged writes.
-async fn drain_acks(acks: &mut mpsc::UnboundedReceiver<Instant>, count: usize) -> Result<()> {
-    for _ in 0..count {
-        tokio::time::timeout(WAIT_LIMIT, acks.recv())
-            .await
-            .map_err(|_| anyhow!("writes are not being acknowledged"))?
-            .ok_or_else(|| anyhow!("the writer stopped"))?;
-    }
     Ok(())
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::bench::{ClusterArgs, WAIT_LIMIT, logged_in_clients, max_term, start_cluster};
+use super::bench::{
+    ClusterArgs, WAIT_LIMIT, caught_up, logged_in_clients, max_term, start_cluster,
+};
 use super::bench_writers::{MAX_WRITES_PER_CLIENT, Plan, Writers};
 use super::local_cluster::LocalCluster;
 
@@ -79,7 +81,7 @@ pub(super) async fn run(args: SteadyArgs) -> Result<()> {
         let b = backups[n % backups.len()];
         cluster.kill(b).await?;
         cluster.spawn(b, None)?;
-        caught_up(&cluster).await?;
+        caught_up(&cluster, 2_000).await?;
         // Back as a backup of the same primary, then a little load before the next.
         cluster
             .wait_for("the backup to follow the primary", WAIT_LIMIT, |s| {
@@ -120,7 +122,7 @@ pub(super) async fn run(args: SteadyArgs) -> Result<()> {
             bail!("ss -K failed: {}", String::from_utf8_lossy(&cut.stderr));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        caught_up(&cluster).await?;
+        caught_up(&cluster, 2_000).await?;
     }
     report(
         &cluster,
@@ -153,18 +155,6 @@ async fn report(cluster: &LocalCluster, writers: &Writers, phase: &str, term: u6
             "   <- the term changed"
         }
     );
-}
-
-/// Every server up, a member, and within a few entries of the commit index.
-async fn caught_up(cluster: &LocalCluster) -> Result<()> {
-    cluster
-        .wait_for("a caught-up cluster", WAIT_LIMIT, |s| {
-            let commit = s.iter().map(|s| s.commit_index).max().unwrap_or(0);
-            s.iter()
-                .all(|s| s.applied_index + 2_000 >= commit && s.role != "joining")
-        })
-        .await?;
-    Ok(())
 }
 
 fn port_of(addr: &str) -> Result<String> {

@@ -137,13 +137,10 @@ impl Cluster {
     fn tick_reaching(&mut self, n: usize, reachable: &[usize]) {
         self.node(n).tick();
         self.drain(&id(n));
-        let in_reach =
-            |server: &NodeId| *server == id(n) || reachable.iter().any(|&r| *server == id(r));
-        while let Some(env) = self.queue.pop_front() {
-            if in_reach(&env.from) && in_reach(&env.to) {
-                self.deliver(env);
-            }
-        }
+        let alive: Vec<usize> = std::iter::once(n)
+            .chain(reachable.iter().copied())
+            .collect();
+        self.deliver_among(&alive);
     }
 
     /// Ticks node `n` until it is primary, delivering everything on the way.

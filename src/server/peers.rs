@@ -127,14 +127,25 @@ impl Peers {
         }
     }
 
-    /// Queues an envelope for its receiver; never blocks.
+    /// Queues an envelope for its receiver; never blocks. On the hot path: one brief lock
+    /// (the HTTP side takes it only when a peer opens a stream), no copy of the link.
     pub fn send(&self, envelope: Envelope) {
-        let to = envelope.to.clone();
-        let link = self.link(&to);
+        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = match links.get(&envelope.to) {
+            Some(link) => link,
+            None => {
+                let to = envelope.to.clone();
+                links
+                    .entry(to.clone())
+                    .or_insert_with(|| self.spawn_link(to))
+            }
+        };
         if let Err(mpsc::error::SendError(envelope)) = link.envelopes.send(envelope) {
             // The task ended (shutdown); start a fresh one so a later send is not lost.
-            self.forget(&to);
-            let _ = self.link(&to).envelopes.send(envelope);
+            let to = envelope.to.clone();
+            let fresh = self.spawn_link(to.clone());
+            let _ = fresh.envelopes.send(envelope);
+            links.insert(to, fresh);
         }
     }
 
@@ -189,11 +200,6 @@ impl Peers {
             .entry(peer.clone())
             .or_insert_with(|| self.spawn_link(peer.clone()))
             .clone()
-    }
-
-    fn forget(&self, peer: &NodeId) {
-        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
-        links.remove(peer);
     }
 
     fn spawn_link(&self, peer: NodeId) -> Link {

@@ -66,15 +66,9 @@ impl Sim {
         Ok(())
     }
 
-    /// `id` became primary in `term`; `causes` are the elections its last drain started.
-    pub(super) fn sticky_primary(
-        &mut self,
-        id: &NodeId,
-        term: Term,
-        causes: &[ElectionCause],
-    ) -> Result<(), Violation> {
+    /// `id` became primary in `term` (its election's cause was noted as it started).
+    pub(super) fn sticky_primary(&mut self, id: &NodeId, term: Term) -> Result<(), Violation> {
         let server = self.ids[id];
-        self.note_elections(server, causes);
         if !self.plan.calm {
             return Ok(());
         }

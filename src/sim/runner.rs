@@ -433,7 +433,7 @@ impl Sim {
                 self.invariants
                     .became_primary(&s.id, s.incarnation, *term, s.storage.written())?;
                 let id = s.id.clone();
-                self.sticky_primary(&id, *term, &[])?;
+                self.sticky_primary(&id, *term)?;
             }
         }
         for (read, applied) in std::mem::take(&mut effects.reads) {

@@ -125,35 +125,43 @@ impl Node {
     /// Commits the highest index that a majority of the members hold durably, if it is of
     /// this term (Raft §5.4.2: older entries are committed only through it).
     pub(super) fn maybe_commit(&mut self) {
-        let Role::Primary(primary) = &self.role else {
-            return;
-        };
-        let members = self.log.members();
-        let mut matched: Vec<Index> = members
-            .iter()
-            .map(|member| {
-                if member == &self.id {
-                    self.persisted
-                } else {
-                    primary.progress.get(member).map_or(0, |p| p.matched)
-                }
-            })
-            .collect();
-        if matched.is_empty() {
-            return;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
         #[allow(unused_mut)]
-        let mut needed = quorum(members.len());
+        let mut needed = quorum(self.log.members().len());
         #[cfg(test)]
         if self.opts.planted_bug == Some(PlantedBug::CommitWithoutQuorum) {
             needed = 1;
         }
-        let quorum_index = matched[needed.min(matched.len()) - 1];
+        let quorum_index = self.reached_by(needed, self.persisted, |p| p.matched);
         if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
             self.commit = quorum_index;
             self.emit_apply();
         }
+    }
+
+    /// The highest value that at least `needed` members reach, this primary counting with
+    /// `own` and every other member with `of` its progress (0 if it has none): what a
+    /// majority holds (commit) or has echoed (ReadIndex). 0 on any other role.
+    pub(super) fn reached_by(&self, needed: usize, own: u64, of: impl Fn(&Progress) -> u64) -> u64 {
+        let Role::Primary(primary) = &self.role else {
+            return 0;
+        };
+        let mut values: Vec<u64> = self
+            .log
+            .members()
+            .iter()
+            .map(|member| {
+                if member == &self.id {
+                    own
+                } else {
+                    primary.progress.get(member).map_or(0, &of)
+                }
+            })
+            .collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values
+            .get(needed.min(values.len()).saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Proposes a configuration adding the first learner that has caught up, once no other

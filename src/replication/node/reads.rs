@@ -65,23 +65,9 @@ impl Node {
         let Some(oldest) = primary.reads.front() else {
             return;
         };
-        let members = self.log.members();
-        let mut echoed: Vec<u64> = members
-            .iter()
-            .map(|m| {
-                if m == &self.id {
-                    primary.round
-                } else {
-                    primary.progress.get(m).map_or(0, |p| p.round)
-                }
-            })
-            .collect();
-        echoed.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = echoed
-            .get(quorum(members.len()).saturating_sub(1))
-            .copied()
-            .unwrap_or(0);
-        if oldest.round > confirmed {
+        let (oldest, own) = (oldest.round, primary.round);
+        let confirmed = self.reached_by(quorum(self.log.members().len()), own, |p| p.round);
+        if oldest > confirmed {
             return;
         }
         let Role::Primary(primary) = &mut self.role else {
