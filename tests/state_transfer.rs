@@ -7,6 +7,8 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
+use understudy::storage::LOG_ZEROS_AHEAD;
+
 use support::procs::{Cluster, READY_TIMEOUT, deadline, files_under, logged_in_client, wait_until};
 
 /// Entries between log compactions in these tests (`--compact-every`).
@@ -27,8 +29,8 @@ fn bytes_under(dir: &Path) -> u64 {
 /// The board's messages are kept by design (they are the application's state, in the store),
 /// so the data dir is bounded by the store plus the log since the last compaction: the log is
 /// compacted every `COMPACT_EVERY` entries the store holds durably, and the store is flushed
-/// at least that often, so the log stays under `3 * COMPACT_EVERY * MAX_ENTRY_BYTES`
-/// whatever the number of messages; without compaction it would hold every entry ever
+/// at least that often, so the log stays under `3 * COMPACT_EVERY * MAX_ENTRY_BYTES` (plus
+/// the zeros it keeps ahead of its records) whatever the number of messages; without compaction it would hold every entry ever
 /// written. A server that joins afterwards receives the primary's store, not the log.
 ///
 /// `UNDERSTUDY_TEST_MESSAGES` sets the number of messages (default 3,000; the issue's
@@ -68,7 +70,8 @@ async fn log_stays_bounded_and_a_late_joiner_gets_the_store() {
         let store = std::fs::metadata(dir.join("store")).expect("a store").len();
         let log = std::fs::metadata(dir.join("log")).expect("a log").len();
         let total = bytes_under(dir);
-        let log_bound = 3 * COMPACT_EVERY * MAX_ENTRY_BYTES;
+        // The records, and the zeros the log keeps ahead of them.
+        let log_bound = 3 * COMPACT_EVERY * MAX_ENTRY_BYTES + LOG_ZEROS_AHEAD;
         let bound = store + log_bound + 64 * 1024;
         eprintln!(
             "server {i}: {sent} messages; data dir {total} bytes (store {store}, log {log}); bound {bound}"

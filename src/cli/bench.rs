@@ -74,6 +74,9 @@ pub(super) struct ClusterArgs {
     /// The servers' --worker-threads (their default, one per core, if not given).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// The servers' --compact-every (their default if not given).
+    #[arg(long)]
+    pub compact_every: Option<u64>,
 }
 
 impl ClusterArgs {
@@ -90,6 +93,9 @@ impl ClusterArgs {
         }
         if let Some(threads) = self.worker_threads {
             args.extend(["--worker-threads".to_string(), threads.to_string()]);
+        }
+        if let Some(entries) = self.compact_every {
+            args.extend(["--compact-every".to_string(), entries.to_string()]);
         }
         args
     }

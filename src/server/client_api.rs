@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 
 use super::AppState;
 use super::credentials::{hash_password, new_client_id, new_token, token_hash, verify_password};
@@ -130,10 +132,10 @@ pub async fn auth(
 pub async fn demo_message(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Bearer(token): Bearer,
     JsonBody(body): JsonBody<DemoMessageRequest>,
 ) -> Result<Json<DemoMessageResponse>> {
-    let token_hash = token_hash(&bearer(&headers)?);
+    let token_hash = token_hash(&token);
     validate_seq(body.seq)?;
     validate_message(&body.message)?;
     // Checked (a retry is answered with its index) and proposed in one turn of the driver.
@@ -153,10 +155,10 @@ pub async fn demo_message(
 pub async fn logout(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Bearer(token): Bearer,
     JsonBody(body): JsonBody<LogoutRequest>,
 ) -> Result<Json<serde_json::Value>> {
-    let token_hash = token_hash(&bearer(&headers)?);
+    let token_hash = token_hash(&token);
     let command = Command::Logout {
         client_id: body.client_id,
         token_hash,
@@ -180,15 +182,24 @@ async fn propose(app: &AppState, peer: SocketAddr, command: Command) -> Result<O
     }
 }
 
-/// The bearer token of a request.
-fn bearer(headers: &HeaderMap) -> Result<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Unauthorized("missing bearer token".to_string()))
+/// The bearer token of a request, read from its `Authorization` header alone (taking the
+/// whole header map would copy it for every message).
+pub struct Bearer(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Bearer> {
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(Bearer)
+            .ok_or_else(|| Error::Unauthorized("missing bearer token".to_string()))
+    }
 }
 
 fn unexpected(outcome: Outcome) -> Error {

@@ -22,6 +22,7 @@ mod peer_call;
 mod peer_stream;
 mod peers;
 pub(crate) mod persist;
+mod printer;
 mod read_api;
 mod response;
 pub(crate) mod state_transfer;
@@ -53,6 +54,7 @@ use crate::storage::{LogStore, RedbStore, check_format, load_identity, save_iden
 use driver::{Driver, DriverHandle, DriverIo};
 use notify::Notifier;
 use peers::{Peers, ToDriver};
+use printer::Printer;
 use state_transfer::Receiver;
 
 /// Everything a server needs to start.
@@ -89,17 +91,34 @@ pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
 /// Default election timeout (lower bound; the actual one is random in `[T, 2T)`).
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 
-/// What every handler shares.
+/// What every handler shares: cloned for every request, so one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub id: NodeId,
     pub driver: DriverHandle,
-    pub login_limiter: Arc<LoginLimiter>,
+    pub login_limiter: LoginLimiter,
     /// The store being received from the primary.
     pub transfers: Receiver,
     /// The streams with other servers (peers open theirs through `/replication/stream`).
     pub peers: Peers,
     pub secret: ClusterSecret,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Binds `config.listen` and serves until `stop` is cancelled (then a primary hands its
@@ -210,20 +229,20 @@ pub async fn serve_until(
     let io = DriverIo {
         peers: peers.clone(),
         notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
-        printer: driver::spawn_printer()?,
+        printer: Printer::spawn()?,
         http: http.clone(),
         secret: config.secret.clone(),
         handle: handle.clone(),
     };
     let driver = Driver::new(replica, store, storage, io);
-    let app = AppState {
+    let app = AppState::new(Shared {
         id: id.clone(),
         driver: handle,
-        login_limiter: Arc::new(LoginLimiter::default()),
+        login_limiter: LoginLimiter::default(),
         transfers: Receiver::new(config.data_dir.clone()),
         peers,
         secret: config.secret.clone(),
-    };
+    });
     let handle_for_stop = app.driver.clone();
 
     if fresh && !config.join.is_empty() {
@@ -251,9 +270,11 @@ pub async fn serve_until(
     info!(%id, listen = %local, "serving");
     tokio::spawn(stop_gracefully(handle_for_stop, stop, shutdown.clone()));
 
-    let driven = driver
-        .run(calls, worker_rx, removed_rx, tick, shutdown.clone())
-        .await;
+    // The driver is a task among the handlers, not a thread of its own: a handler's call
+    // then wakes it on the same worker, with no thread switch per request.
+    let driven = tokio::spawn(driver.run(calls, worker_rx, removed_rx, tick, shutdown.clone()))
+        .await
+        .unwrap_or_else(|err| Err(Error::Internal(format!("the driver task failed: {err}"))));
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}

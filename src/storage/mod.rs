@@ -50,7 +50,7 @@ pub use format::{FORMAT, check_format};
 pub use identity::{load_identity, save_identity};
 pub use record::{MAX_RECORD_LEN, Recovered};
 pub use store::{IncomingStore, ReadView, RedbStore};
-pub use wal::LogStore;
+pub use wal::{LogStore, PREALLOCATE_BYTES as LOG_ZEROS_AHEAD};
 
 use std::fs::File;
 use std::io;

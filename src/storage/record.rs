@@ -230,10 +230,10 @@ pub(super) fn replay(path: &Path, file: &File) -> Result<Replayed> {
         // No writer produces an empty payload, and an all-zero header would otherwise pass
         // (the crc32 of nothing is 0).
         if len == 0 || crc32fast::hash(&payload) != checksum {
-            // Some file systems extend a file before its data lands, leaving zeros after a
-            // crash: an unsynced append, like a torn one.
-            let zero_tail = len == 0 && checksum == 0 && rest_is_zero(file, end, path)?;
-            if end == file_len || zero_tail {
+            // A torn write is the last record, or the last before the zeros the log keeps
+            // ahead of its records (and some file systems extend a file before its data
+            // lands, leaving zeros after a crash). Zeros are where replay ends.
+            if end == file_len || rest_is_zero(file, end, path)? {
                 return stop(state, offset);
             }
             return Err(corrupt("checksum mismatch".to_string()));
@@ -253,7 +253,7 @@ pub(super) fn replay(path: &Path, file: &File) -> Result<Replayed> {
 }
 
 /// Whether every byte of `file` from `from` to its end is zero.
-fn rest_is_zero(file: &File, from: u64, path: &Path) -> Result<bool> {
+pub(super) fn rest_is_zero(file: &File, from: u64, path: &Path) -> Result<bool> {
     let mut reader = BufReader::new(file);
     let mut chunk = [0u8; 8192];
     let result = reader.seek(SeekFrom::Start(from)).and_then(|_| {

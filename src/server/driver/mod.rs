@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use super::notify::Notifier;
 use super::peers::Peers;
 use super::persist::{WorkItem, WorkerEvent};
+use super::printer::Printer;
 use super::state_transfer;
 use crate::api::{InitBackupResponse, SetBackupsRequest};
 use crate::app::{Outcome, Request};
@@ -269,7 +270,7 @@ pub const CALL_QUEUE: usize = 8192;
 pub struct DriverIo {
     pub peers: Peers,
     pub notifier: Notifier,
-    pub printer: mpsc::UnboundedSender<String>,
+    pub printer: Printer,
     pub http: HttpClient,
     pub secret: ClusterSecret,
     /// Our own handle, for the transfer tasks to report progress.
@@ -455,13 +456,9 @@ impl Driver {
                 }
                 Output::Reply(waiter, answer) => waiter.answer_with(answer, &self.replica.view()),
                 Output::Posted(posted) => {
-                    let line = format!(
-                        "[{}] {}: {}",
-                        self.replica.node().id(),
-                        posted.username,
-                        posted.text
-                    );
-                    let _ = self.io.printer.send(line);
+                    self.io
+                        .printer
+                        .line(self.replica.node().id(), &posted.username, &posted.text)
                 }
                 Output::Announce {
                     term,
@@ -480,6 +477,7 @@ impl Driver {
                 Output::Removed => self.removed = true,
             }
         }
+        self.io.printer.end_round();
         Ok(())
     }
 }
@@ -502,25 +500,4 @@ fn log_election(term: Term, cause: &ElectionCause, tick: Duration) {
         }
         ElectionCause::Bootstrap => {}
     }
-}
-
-/// Starts the thread that prints applied messages on stdout, so that a slow reader of our
-/// stdout can never stall the driver.
-pub fn spawn_printer() -> std::io::Result<mpsc::UnboundedSender<String>> {
-    use std::io::Write as _;
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    std::thread::Builder::new()
-        .name("understudy-stdout".to_string())
-        .spawn(move || {
-            let stdout = std::io::stdout();
-            while let Some(line) = rx.blocking_recv() {
-                let mut out = stdout.lock();
-                let _ = writeln!(out, "{line}");
-                while let Ok(line) = rx.try_recv() {
-                    let _ = writeln!(out, "{line}");
-                }
-                let _ = out.flush();
-            }
-        })?;
-    Ok(tx)
 }
