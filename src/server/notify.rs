@@ -4,7 +4,8 @@
 //! timeout each; a failure is logged and forgotten (a client that misses the call finds the
 //! primary through redirects), so they never hold up replication.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +38,8 @@ pub struct Notifier {
     http: HttpClient,
     secret: ClusterSecret,
     slots: Arc<Semaphore>,
+    /// The latest term announced to clients: an older announcement's workers stop.
+    announced: Arc<AtomicU64>,
 }
 
 impl Notifier {
@@ -46,6 +49,7 @@ impl Notifier {
             http,
             secret,
             slots: Arc::new(Semaphore::new(MAX_PARALLEL)),
+            announced: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -85,15 +89,11 @@ impl Notifier {
         };
         let body: Arc<[u8]> = body.into();
         let workers = CLIENT_WORKERS.min(addresses.len());
-        let queue = Arc::new(std::sync::Mutex::new(addresses.into_iter()));
+        let queue = Arc::new(ClientQueue::new(term, self.announced.clone(), addresses));
         for _ in 0..workers {
             let (queue, body) = (queue.clone(), body.clone());
             tokio::spawn(async move {
-                loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some(address) = next else {
-                        return;
-                    };
+                while let Some(address) = queue.next() {
                     if let Err(why) = tell_client(&address, &body).await {
                         debug!(%address, why, "client not told of the new primary");
                     }
@@ -120,6 +120,38 @@ impl Notifier {
                 Err(err) => debug!(%to, path, %err, "announcement failed"),
             }
         });
+    }
+}
+
+/// The clients still to tell of one term's primary. Once a later term is announced, the
+/// rest of this list would only be told of a primary that is no longer one (and would
+/// slow the newer announcement down), so it ends.
+struct ClientQueue {
+    term: Term,
+    announced: Arc<AtomicU64>,
+    addresses: Mutex<std::vec::IntoIter<String>>,
+}
+
+impl ClientQueue {
+    /// A queue for `term`, which becomes the latest announced (unless a later one is).
+    fn new(term: Term, announced: Arc<AtomicU64>, addresses: Vec<String>) -> ClientQueue {
+        announced.fetch_max(term, Ordering::SeqCst);
+        ClientQueue {
+            term,
+            announced,
+            addresses: Mutex::new(addresses.into_iter()),
+        }
+    }
+
+    /// The next client to tell, or `None` when all were taken or a later term was announced.
+    fn next(&self) -> Option<String> {
+        if self.announced.load(Ordering::SeqCst) > self.term {
+            return None;
+        }
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next()
     }
 }
 
@@ -155,4 +187,32 @@ async fn tell_client(address: &str, body: &[u8]) -> std::result::Result<(), Stri
     tokio::time::timeout(CLIENT_CALL_TIMEOUT, call)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("127.0.0.1:{}", 10_000 + i))
+            .collect()
+    }
+
+    /// A newer term's announcement ends an older one's list: its remaining clients would
+    /// only be told of a deposed primary. The newer list is told whole.
+    #[test]
+    fn a_later_announcement_ends_an_earlier_ones_list() {
+        let announced = Arc::new(AtomicU64::new(0));
+        let old = ClientQueue::new(4, announced.clone(), addresses(3));
+        assert_eq!(old.next().as_deref(), Some("127.0.0.1:10000"));
+        let new = ClientQueue::new(5, announced.clone(), addresses(2));
+        assert_eq!(old.next(), None);
+        assert_eq!(new.next().as_deref(), Some("127.0.0.1:10000"));
+        assert_eq!(new.next().as_deref(), Some("127.0.0.1:10001"));
+        assert_eq!(new.next(), None);
+        // A late, older announcement does not stop the newer one, and tells nobody.
+        let late = ClientQueue::new(3, announced, addresses(1));
+        assert_eq!(late.next(), None);
+    }
 }
