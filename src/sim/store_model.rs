@@ -193,33 +193,35 @@ fn a_store_copied_between_flushes_opens_at_a_whole_prefix_of_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let real = RedbStore::open(dir.path()).unwrap();
     let (flushes, states) = flushes(7, 300);
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+    // Copy points spread over the whole run. The writer stops at each (after that many
+    // flushes) until its copy is taken, so every copy falls between two flushes while the
+    // writer runs, whatever the scheduler does.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let mut targets: Vec<usize> = (0..40)
+        .map(|n| (n * flushes.len() / 40 + rng.random_range(0..3)).max(1))
+        .collect();
+    targets.dedup();
+    let (at_tx, at) = std::sync::mpsc::channel::<usize>();
+    let (copied, copied_rx) = std::sync::mpsc::channel::<()>();
     let writer = {
-        let (real, flushes, written) = (real.clone(), flushes.clone(), written.clone());
-        let gate = gate.clone();
+        let (real, flushes, targets) = (real.clone(), flushes.clone(), targets.clone());
         std::thread::spawn(move || {
-            for (meta, changes) in &flushes {
-                let _between = gate.lock().unwrap();
+            for (i, (meta, changes)) in flushes.iter().enumerate() {
                 real.write(meta, changes).unwrap();
-                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if targets.contains(&(i + 1)) {
+                    at_tx.send(i + 1).unwrap();
+                    copied_rx.recv().unwrap();
+                }
             }
         })
     };
-    // Copies spread over the whole run, each between two flushes.
     let mut copies = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(8);
-    for n in 0..40 {
-        let target = n * flushes.len() / 40 + rng.random_range(0..3);
-        while written.load(std::sync::atomic::Ordering::SeqCst) < target && !writer.is_finished() {
-            std::thread::yield_now();
-        }
+    for _ in &targets {
+        at.recv().expect("the writer stops at every copy point");
         let copy = tempfile::tempdir().unwrap();
-        {
-            let _between = gate.lock().unwrap();
-            std::fs::copy(dir.path().join("store"), copy.path().join("store")).unwrap();
-        }
+        std::fs::copy(dir.path().join("store"), copy.path().join("store")).unwrap();
         copies.push(copy);
+        copied.send(()).unwrap();
     }
     writer.join().unwrap();
     let mut boundaries = Vec::new();
