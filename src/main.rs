@@ -12,8 +12,18 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "understudy", version, about, long_about = None)]
 struct Cli {
+    /// How diagnostics on stderr are written: `text` for people, `json` (one object a
+    /// line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: TopCommand,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 // The top-level subcommands, one module of `cli` each. (A plain comment: clap would take a
@@ -46,13 +56,13 @@ fn main() -> ExitCode {
         TopCommand::Server(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .init();
+        .with_env_filter(log_filter(default_level));
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let TopCommand::Server(args) = &cli.command
@@ -78,4 +88,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `RUST_LOG` if set, else `default_level`. The HTTP libraries' own debug lines (the
+/// connection pool's above all) drown everything else at `debug`, so they stay at `info`
+/// unless `RUST_LOG` names them.
+fn log_filter(default_level: &str) -> EnvFilter {
+    let asked = std::env::var("RUST_LOG").ok();
+    let mut filter = match &asked {
+        Some(directives) => EnvFilter::builder().parse_lossy(directives),
+        None => EnvFilter::new(default_level),
+    };
+    if !asked.as_deref().unwrap_or_default().contains("hyper") {
+        for quiet in ["hyper=info", "hyper_util=info"] {
+            if let Ok(directive) = quiet.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
+    filter
 }

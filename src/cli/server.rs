@@ -18,11 +18,13 @@ pub struct ServerArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     secret: SecretArgs,
-    /// Address others use to reach this server (its name in the cluster); defaults to --listen.
+    /// Address others use to reach this server (its name in the cluster); defaults to
+    /// --listen, and is required when --listen is an unspecified address (0.0.0.0, [::]).
     #[arg(long)]
     advertise: Option<String>,
-    /// Members of an existing cluster to join, HOST:PORT[,HOST:PORT...]; ignored once the
-    /// data dir holds a log.
+    /// Members of an existing cluster to join, HOST:PORT[,HOST:PORT...]. Remembered in the
+    /// data dir: a restart without it goes on joining them (a data dir made to join never
+    /// starts a cluster of its own). Ignored once the data dir holds a log.
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
     /// Heartbeat interval of the primary, in milliseconds.

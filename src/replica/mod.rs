@@ -483,7 +483,15 @@ impl<S: Store, W> Replica<S, W> {
     }
 
     fn role_changed(&mut self, role: RoleKind, term: Term, primary: Option<NodeId>) {
-        info!(role = role.as_str(), term, primary = ?primary, "role changed");
+        // Said as what this server now is: the term or the known primary may be what moved.
+        let named = primary.as_deref().unwrap_or("none known");
+        info!(
+            role = role.as_str(),
+            term,
+            primary = named,
+            "{} in term {term}; primary: {named}",
+            role.as_str()
+        );
         // A new primary is ready once its no-op is applied (see `apply_entries`).
         self.noop_applied = false;
         if role != RoleKind::Primary {

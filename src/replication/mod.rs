@@ -70,7 +70,7 @@ pub use log::retain_after;
 pub use message::{Entry, Envelope, Index, Message, NodeId, Payload, Term};
 #[cfg(test)]
 pub use node::PlantedBug;
-pub use node::{ElectionCause, Node, Options, Output, ReadId, RoleKind, Status};
+pub use node::{ElectionCause, Node, Options, Output, PeerView, ReadId, RoleKind, Status};
 pub use persist::{HardState, SnapshotMeta, Write};
 
 #[cfg(test)]

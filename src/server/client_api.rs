@@ -27,6 +27,7 @@ use crate::api::{
 };
 use crate::app::{Command, Outcome, Request, Tables};
 use crate::error::{Error, Result};
+use tracing::warn;
 
 /// `POST /client/init`: registers the client's notification address.
 pub async fn init(
@@ -92,7 +93,12 @@ pub async fn auth(
     validate_username(&body.username)?;
     validate_password(&body.password)?;
     let attempted = Instant::now();
-    app.login_limiter.attempt(&body.username, attempted)?;
+    app.login_limiter
+        .attempt(&body.username, attempted)
+        .inspect_err(|_| {
+            app.metrics.login("locked_out");
+            warn!(username = %body.username, from = %peer, "login refused: too many failed attempts for this username");
+        })?;
     let (client_id, username) = (body.client_id.clone(), body.username.clone());
     // Read after a confirmation round: an unknown client or user is a refusal, which a
     // deposed primary's stale state must not give (and a login is rare next to the hash).
@@ -110,12 +116,15 @@ pub async fn auth(
         // Not a password guess (wrong server, unknown client): this attempt does not count.
         .inspect_err(|_| app.login_limiter.undo(&body.username, attempted))?;
     if !verify_password(body.password, stored).await? {
+        app.metrics.login("failed");
+        warn!(username = %body.username, from = %peer, "login failed: wrong username or password");
         // Counted as a failure by `attempt` already.
         return Err(Error::Unauthorized(
             "wrong username or password".to_string(),
         ));
     }
     app.login_limiter.succeeded(&body.username);
+    app.metrics.login("ok");
     let token = new_token();
     let command = Command::Login {
         client_id: body.client_id,

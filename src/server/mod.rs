@@ -16,7 +16,9 @@ mod client_api;
 mod credentials;
 pub(crate) mod driver;
 mod join;
+pub(crate) mod metrics;
 mod notify;
+mod ops_api;
 mod peer_api;
 mod peer_call;
 mod peer_stream;
@@ -50,8 +52,12 @@ use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
 use crate::replica::{Replica, Settings};
 use crate::replication::{NodeId, Options};
-use crate::storage::{LogStore, RedbStore, check_format, load_identity, save_identity};
+use crate::storage::{
+    LogStore, RedbStore, check_format, load_identity, load_join_targets, save_identity,
+    save_join_targets,
+};
 use driver::{Driver, DriverHandle, DriverIo};
+use metrics::Metrics;
 use notify::Notifier;
 use peers::{Peers, ToDriver};
 use printer::Printer;
@@ -105,6 +111,9 @@ pub struct Shared {
     /// The streams with other servers (peers open theirs through `/replication/stream`).
     pub peers: Peers,
     pub secret: ClusterSecret,
+    pub metrics: Metrics,
+    /// The data dir, for the sizes of its files.
+    pub data_dir: PathBuf,
 }
 
 impl AppState {
@@ -174,10 +183,12 @@ pub async fn serve_until(
             id
         }
         None => {
+            refuse_unreachable_name(&advertise)?;
             save_identity(&config.data_dir, &advertise)?;
             advertise
         }
     };
+    refuse_unreachable_name(&id)?;
     let store = RedbStore::open(&config.data_dir)?;
     let (tick, options) = timing(config.heartbeat, config.election_timeout);
     let settings = Settings {
@@ -199,10 +210,33 @@ pub async fn serve_until(
         other => other,
     })?;
     let fresh = replica.is_fresh();
-    if replica.applied() > 0 {
-        info!(index = replica.applied(), "resuming from the store");
+    if !fresh {
+        let status = replica.node().status();
+        info!(
+            term = status.term,
+            log_entries = status
+                .last_index
+                .saturating_sub(replica.node().snapshot_base().index),
+            last_index = status.last_index,
+            applied_index = replica.applied(),
+            "resumed from the data dir: term {}, applied index {}, log to {}",
+            status.term,
+            replica.applied(),
+            status.last_index
+        );
     }
-    if fresh && config.join.is_empty() {
+    // A data dir made to join never starts a cluster of its own: without --join it goes on
+    // joining the members it was given first.
+    let mut join = config.join.clone();
+    if fresh && !join.is_empty() {
+        save_join_targets(&config.data_dir, &join)?;
+    } else if fresh {
+        join = load_join_targets(&config.data_dir)?;
+        if !join.is_empty() {
+            info!(members = ?join, "this data dir was made to join a cluster and has not joined yet; joining the members it was given");
+        }
+    }
+    if fresh && join.is_empty() {
         info!(%id, "starting a new cluster");
         replica.bootstrap();
     } else if !fresh && !config.join.is_empty() {
@@ -225,14 +259,21 @@ pub async fn serve_until(
     if !config.fsync {
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
-    let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx)?;
+    let metrics = Metrics::new();
+    let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx, metrics.clone())?;
     let io = DriverIo {
         peers: peers.clone(),
-        notifier: Notifier::new(id.clone(), http.clone(), config.secret.clone()),
+        notifier: Notifier::new(
+            id.clone(),
+            http.clone(),
+            config.secret.clone(),
+            metrics.clone(),
+        ),
         printer: Printer::spawn()?,
         http: http.clone(),
         secret: config.secret.clone(),
         handle: handle.clone(),
+        metrics: metrics.clone(),
     };
     let driver = Driver::new(replica, store, storage, io);
     let app = AppState::new(Shared {
@@ -242,13 +283,15 @@ pub async fn serve_until(
         transfers: Receiver::new(config.data_dir.clone()),
         peers,
         secret: config.secret.clone(),
+        metrics,
+        data_dir: config.data_dir.clone(),
     });
     let handle_for_stop = app.driver.clone();
 
-    if fresh && !config.join.is_empty() {
+    if fresh && !join.is_empty() {
         tokio::spawn(join::join_cluster(
             id.clone(),
-            config.join.clone(),
+            join,
             http.clone(),
             config.secret.clone(),
             shutdown.clone(),
@@ -283,6 +326,17 @@ pub async fn serve_until(
         Err(_) => warn!("open connections did not close in time"),
     }
     driven
+}
+
+/// A server's name is how peers and clients reach it; an unspecified address (`0.0.0.0`,
+/// `::`) reaches nobody, so it is refused with what to do instead.
+fn refuse_unreachable_name(id: &str) -> Result<()> {
+    match id.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => Err(Error::BadRequest(format!(
+            "this server would be named {id}, which no peer or client can reach; give the address others use with --advertise HOST:PORT"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// On `stop`: hands over if primary (for at most `HAND_OVER_ON_STOP`), then shuts down.
@@ -323,6 +377,10 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .route("/status", get(read_api::status))
         .route("/clients", get(read_api::clients))
         .route("/messages", get(read_api::messages))
+        .route("/metrics", get(ops_api::metrics))
+        .route("/health", get(ops_api::health))
+        .route("/primary", get(ops_api::primary))
+        .route("/backup", get(ops_api::backup))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(peer)
         .fallback(response::not_found)
@@ -333,7 +391,10 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
             secret,
             auth::require_peer_auth,
         ))
-        .layer(middleware::from_fn(response::add_location))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            response::finish_response,
+        ))
         .with_state(app)
 }
 

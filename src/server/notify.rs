@@ -11,9 +11,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::auth::ClusterSecret;
+use super::metrics::Metrics;
 use super::peer_call::PeerPost;
 use crate::api::{NewPrimary, SetBackupsRequest};
 use crate::client::http::{HttpClient, HttpResponse};
@@ -40,16 +41,18 @@ pub struct Notifier {
     slots: Arc<Semaphore>,
     /// The latest term announced to clients: an older announcement's workers stop.
     announced: Arc<AtomicU64>,
+    metrics: Metrics,
 }
 
 impl Notifier {
-    pub fn new(id: NodeId, http: HttpClient, secret: ClusterSecret) -> Notifier {
+    pub fn new(id: NodeId, http: HttpClient, secret: ClusterSecret, metrics: Metrics) -> Notifier {
         Notifier {
             id,
             http,
             secret,
             slots: Arc::new(Semaphore::new(MAX_PARALLEL)),
             announced: Arc::new(AtomicU64::new(0)),
+            metrics,
         }
     }
 
@@ -89,14 +92,30 @@ impl Notifier {
         };
         let body: Arc<[u8]> = body.into();
         let workers = CLIENT_WORKERS.min(addresses.len());
+        let total = addresses.len();
         let queue = Arc::new(ClientQueue::new(term, self.announced.clone(), addresses));
+        let tally = Arc::new(Tally::new(workers));
         for _ in 0..workers {
-            let (queue, body) = (queue.clone(), body.clone());
+            let (queue, body, metrics) = (queue.clone(), body.clone(), self.metrics.clone());
+            let tally = tally.clone();
             tokio::spawn(async move {
                 while let Some(address) = queue.next() {
-                    if let Err(why) = tell_client(&address, &body).await {
+                    let told = tell_client(&address, &body).await;
+                    metrics.notification(told.is_ok());
+                    if let Err(why) = told {
                         debug!(%address, why, "client not told of the new primary");
+                        tally.failed(&address, &why);
                     }
+                }
+                // One line per announcement, however many clients failed.
+                if let Some((failed, first)) = tally.worker_done() {
+                    warn!(
+                        term,
+                        failed,
+                        clients = total,
+                        first_failure = first,
+                        "{failed} of {total} clients could not be told of the new primary (first: {first})"
+                    );
                 }
             });
         }
@@ -152,6 +171,45 @@ impl ClientQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .next()
+    }
+}
+
+/// The failures of one announcement, reported once when its last worker is done.
+struct Tally {
+    workers_left: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicUsize,
+    first: Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn new(workers: usize) -> Tally {
+        Tally {
+            workers_left: workers.into(),
+            failed: 0.into(),
+            first: Mutex::new(None),
+        }
+    }
+
+    fn failed(&self, address: &str, why: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| format!("{address}: {why}"));
+    }
+
+    /// A worker finished; for the last one, the failures (if any) and the first of them.
+    fn worker_done(&self) -> Option<(usize, String)> {
+        if self.workers_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        let failed = self.failed.load(Ordering::Acquire);
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some((failed, first))
     }
 }
 

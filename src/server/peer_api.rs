@@ -124,6 +124,8 @@ pub async fn state_chunk(
         .await
         .map_err(|err| Error::Internal(format!("state chunk task: {err}")))??;
     if let Some(received) = received {
+        let bytes = std::fs::metadata(&received.path).map_or(0, |m| m.len());
+        app.metrics.state_transfer("received", bytes, None);
         app.driver
             .install(received.from, received.term, received.meta, received.path)
             .await?;

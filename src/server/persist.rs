@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::thread;
 
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::info;
 
+use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::replica::{Job, Persisted, StoreWrite};
 use crate::replication::Write;
@@ -40,6 +41,7 @@ struct Worker {
     fsync: bool,
     jobs_done: u64,
     events: mpsc::UnboundedSender<WorkerEvent>,
+    metrics: Metrics,
 }
 
 /// Starts the worker; it ends when the sender is dropped.
@@ -48,6 +50,7 @@ pub fn spawn(
     store: RedbStore,
     fsync: bool,
     events: mpsc::UnboundedSender<WorkerEvent>,
+    metrics: Metrics,
 ) -> std::io::Result<mpsc::UnboundedSender<WorkItem>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<WorkItem>();
     let mut worker = Worker {
@@ -56,6 +59,7 @@ pub fn spawn(
         fsync,
         jobs_done: 0,
         events,
+        metrics,
     };
     thread::Builder::new()
         .name("understudy-storage".to_string())
@@ -70,7 +74,7 @@ pub fn spawn(
                         let _ = worker.events.send(WorkerEvent::Done(report));
                     }
                     Err(err) => {
-                        error!(%err, "storage failed");
+                        // The driver stops the server with this error as its last word.
                         let _ = worker.events.send(WorkerEvent::Failed(err));
                         return;
                     }
@@ -85,6 +89,7 @@ impl Worker {
     fn run(&mut self, items: Vec<WorkItem>) -> Result<Persisted> {
         let mut report = Persisted::default();
         let mut wrote = false;
+        let mut entries = 0;
         for item in items {
             match item.job {
                 Job::Log(writes) => {
@@ -92,8 +97,9 @@ impl Worker {
                         self.log.write(write)?;
                         match write {
                             // Each entry write ends the log at its last entry.
-                            Write::Entries(entries) => {
-                                if let Some(entry) = entries.last() {
+                            Write::Entries(written) => {
+                                entries += written.len();
+                                if let Some(entry) = written.last() {
                                     report.log = Some((entry.index, entry.term));
                                 }
                             }
@@ -130,20 +136,25 @@ impl Worker {
             }
             self.jobs_done += 1;
         }
-        self.sync_log(&mut wrote)?;
+        let started = std::time::Instant::now();
+        if self.sync_log(&mut wrote)? {
+            self.metrics.log_sync(started.elapsed(), entries);
+        }
         report.jobs = self.jobs_done;
         Ok(report)
     }
 
-    /// Syncs the log if anything was written to it (or, without fsync, hands it to the OS).
-    fn sync_log(&mut self, wrote: &mut bool) -> Result<()> {
-        if std::mem::take(wrote) {
-            if self.fsync {
-                self.log.sync()?;
-            } else {
-                self.log.flush()?;
-            }
+    /// Syncs the log if anything was written to it (or, without fsync, hands it to the OS);
+    /// says whether it did.
+    fn sync_log(&mut self, wrote: &mut bool) -> Result<bool> {
+        if !std::mem::take(wrote) {
+            return Ok(false);
         }
-        Ok(())
+        if self.fsync {
+            self.log.sync()?;
+        } else {
+            self.log.flush()?;
+        }
+        Ok(true)
     }
 }

@@ -5,16 +5,17 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::api::errors::{self, ErrorBody};
 use crate::error::Error;
 
-/// Attached to a `not_primary` answer so that [`add_location`] can name the primary's URL
+/// Attached to a `not_primary` answer so that [`finish_response`] can name the primary's URL
 /// for the same path (the error alone does not know the path).
 #[derive(Clone, Debug)]
 struct PrimaryHint(String);
@@ -39,19 +40,61 @@ impl IntoResponse for Error {
     }
 }
 
-/// Middleware: a `not_primary` answer gets `Location: http://<primary>/<same path>`.
-pub async fn add_location(request: Request, next: Next) -> Response {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+/// Middleware around every route: a `not_primary` answer gets
+/// `Location: http://<primary>/<same path>`, and every answer is counted in the metrics by
+/// endpoint and status.
+pub async fn finish_response(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| endpoint_name(path.as_str()));
+    // Cheap: a URI shares its bytes.
+    let uri = request.uri().clone();
     let mut response = next.run(request).await;
-    if let Some(PrimaryHint(primary)) = response.extensions().get::<PrimaryHint>().cloned()
-        && let Ok(location) = HeaderValue::from_str(&format!("http://{primary}{path}"))
+    if let Some(PrimaryHint(primary)) = response.extensions().get::<PrimaryHint>()
+        && let Ok(location) = HeaderValue::from_str(&format!(
+            "http://{primary}{}",
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        ))
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
+    app.metrics.request(endpoint, response.status().as_u16());
     response
+}
+
+/// The routes, by name, so that counting a request allocates nothing.
+const ENDPOINTS: &[&str] = &[
+    "/client/init",
+    "/client/register",
+    "/client/auth",
+    "/client/demo-message",
+    "/client/logout",
+    "/status",
+    "/clients",
+    "/messages",
+    "/metrics",
+    "/health",
+    "/primary",
+    "/backup",
+    "/replication/stream",
+    "/replication/hand-over",
+    "/replication/init-backup",
+    "/replication/set-backups",
+    "/replication/remove-server",
+    "/replication/state",
+];
+
+fn endpoint_name(path: &str) -> &'static str {
+    ENDPOINTS
+        .iter()
+        .find(|known| **known == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// A JSON request body whose every failure is one of our errors: too large is 413, anything

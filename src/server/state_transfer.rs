@@ -40,16 +40,24 @@ pub struct StateChunk {
     pub data: ChunkData,
 }
 
+/// What a sender needs besides the store: the way to the backup, and whom to tell.
+pub struct Sending {
+    pub http: HttpClient,
+    pub secret: ClusterSecret,
+    /// Told of every chunk taken, so the transfer counts as moving.
+    pub driver: super::driver::DriverHandle,
+    pub metrics: super::metrics::Metrics,
+}
+
 /// Sends our store to `to`, as the primary `from` of `term`.
-pub async fn send(
-    http: HttpClient,
-    secret: ClusterSecret,
-    store: RedbStore,
-    from: NodeId,
-    to: NodeId,
-    term: Term,
-    driver: super::driver::DriverHandle,
-) {
+pub async fn send(sending: Sending, store: RedbStore, from: NodeId, to: NodeId, term: Term) {
+    let Sending {
+        http,
+        secret,
+        driver,
+        metrics,
+    } = sending;
+    let started = std::time::Instant::now();
     let transfer: u64 = rand::random();
     // A chunk is read while the one before it is on the wire.
     let (tx, mut rx) = mpsc::channel::<Result<ChunkData>>(1);
@@ -110,6 +118,7 @@ pub async fn send(
         }
         if chunk.data.last {
             info!(%to, bytes = sent, "store sent");
+            metrics.state_transfer("sent", sent, Some(started.elapsed()));
         }
     }
     drop(rx);

@@ -40,6 +40,7 @@
 
 mod format;
 mod identity;
+mod join_targets;
 mod record;
 mod rewrite;
 mod store;
@@ -48,6 +49,7 @@ mod wal;
 
 pub use format::{FORMAT, check_format};
 pub use identity::{load_identity, save_identity};
+pub use join_targets::{load_join_targets, save_join_targets};
 pub use record::{MAX_RECORD_LEN, Recovered};
 pub use store::{IncomingStore, ReadView, RedbStore};
 pub use wal::{LogStore, PREALLOCATE_BYTES as LOG_ZEROS_AHEAD};

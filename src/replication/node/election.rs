@@ -44,8 +44,10 @@ impl Node {
         backup.campaign_in = Some(wait);
         info!(primary = %peer, wait_ticks = wait, "the connection from the primary closed");
         if wait == 0 {
+            let ticks = backup.idle_ticks;
             self.pre_campaign(ElectionCause::ConnectionLost {
                 primary: peer.clone(),
+                ticks,
             });
         }
     }

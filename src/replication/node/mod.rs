@@ -11,8 +11,11 @@
 mod backup;
 mod election;
 mod hand_over;
+mod observe;
 mod primary;
 mod reads;
+
+pub use observe::PeerView;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -66,10 +69,12 @@ pub enum PlantedBug {
 /// Why a server starts an election; every election logs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ElectionCause {
-    /// The connection from the primary closed (its process is gone, or the link broke).
-    ConnectionLost { primary: NodeId },
-    /// Nothing was heard from a primary for this many ticks.
-    Silent { ticks: u32 },
+    /// The connection from the primary closed (its process is gone, or the link broke); it
+    /// was last heard from this many ticks before.
+    ConnectionLost { primary: NodeId, ticks: u32 },
+    /// Nothing was heard from a primary (the one named, if any was known) for this many
+    /// ticks.
+    Silent { ticks: u32, primary: Option<NodeId> },
     /// The primary handed its office over to this server (`TimeoutNow`).
     HandOver { from: NodeId },
     /// A new cluster of one starts.
@@ -508,10 +513,12 @@ impl Node {
                 let cause = match (&backup.campaign_in, &backup.primary) {
                     (Some(0), Some(primary)) => Some(ElectionCause::ConnectionLost {
                         primary: primary.clone(),
+                        ticks: backup.idle_ticks,
                     }),
                     _ if backup.idle_ticks >= self.election_timeout => {
                         Some(ElectionCause::Silent {
                             ticks: backup.idle_ticks,
+                            primary: backup.primary.clone(),
                         })
                     }
                     _ => None,
@@ -525,8 +532,12 @@ impl Node {
             Role::Candidate(candidate) => {
                 candidate.elapsed += 1;
                 if candidate.elapsed >= self.election_timeout {
+                    // An election that led nowhere: no primary is known to name.
                     let ticks = candidate.elapsed;
-                    self.pre_campaign(ElectionCause::Silent { ticks });
+                    self.pre_campaign(ElectionCause::Silent {
+                        ticks,
+                        primary: None,
+                    });
                 }
             }
             Role::Primary(primary) => {

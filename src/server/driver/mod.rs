@@ -9,27 +9,34 @@
 //! are only tasks, channels and sockets. Nobody locks the replica, and nothing here waits on
 //! disk or on the network.
 
+mod round_trips;
+mod silence;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::metrics::{Metrics, PeerSnapshot, Snapshot};
 use super::notify::Notifier;
 use super::peers::Peers;
 use super::persist::{WorkItem, WorkerEvent};
 use super::printer::Printer;
 use super::state_transfer;
 use crate::api::{InitBackupResponse, SetBackupsRequest};
+use crate::app::Tables;
 use crate::app::{Outcome, Request};
 use crate::client::http::HttpClient;
 use crate::error::{Error, Result};
 use crate::replica::{Answer, Job, Output, Replica, StoreMeta, Submitted, View};
-use crate::replication::{ElectionCause, Envelope, NodeId, Term};
+use crate::replication::{ElectionCause, Envelope, Message, NodeId, Term};
 use crate::server::auth::ClusterSecret;
 use crate::storage::RedbStore;
+use round_trips::RoundTrips;
+use silence::Silence;
 
 /// The replica as the server runs it.
 pub type ServerReplica = Replica<RedbStore, Waiter>;
@@ -74,6 +81,8 @@ pub enum Call {
     },
     /// A piece of our store reached `to` (a state transfer is moving).
     TransferMoving { to: NodeId },
+    /// What the metrics and health endpoints show.
+    Snapshot(oneshot::Sender<Result<Snapshot>>),
     /// An operator removes a server; answered once the new configuration is applied.
     Remove {
         id: NodeId,
@@ -243,6 +252,13 @@ impl DriverHandle {
         .await
     }
 
+    /// This server's positions, peers and counters, for metrics and health checks.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Snapshot(reply)).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
     /// Tells the replica a state transfer to `to` is moving (does not wait).
     pub fn transfer_moving(&self, to: NodeId) {
         let _ = self.tx.try_send(Call::TransferMoving { to });
@@ -275,6 +291,7 @@ pub struct DriverIo {
     pub secret: ClusterSecret,
     /// Our own handle, for the transfer tasks to report progress.
     pub handle: DriverHandle,
+    pub metrics: Metrics,
 }
 
 /// The driver's state.
@@ -288,6 +305,14 @@ pub struct Driver {
     io: DriverIo,
     /// The length of one tick of the replica's clock.
     tick: Duration,
+    /// Entries sent to each backup and not acknowledged yet (primary only).
+    round_trips: RoundTrips,
+    /// The cause of the last election this server started.
+    last_election: Option<ElectionCause>,
+    /// The primary this server last knew of.
+    known_primary: Option<NodeId>,
+    /// Which backups the primary has said stopped answering.
+    silence: Silence,
 }
 
 impl Driver {
@@ -305,6 +330,10 @@ impl Driver {
             removed: false,
             io,
             tick: Duration::from_millis(10),
+            round_trips: RoundTrips::default(),
+            last_election: None,
+            known_primary: None,
+            silence: Silence::default(),
         }
     }
 
@@ -351,6 +380,7 @@ impl Driver {
                         self.replica.tick();
                     }
                     clock = now;
+                    self.silence.watch(self.replica.node(), self.tick, now.into_std());
                 }
                 Some(call) = calls.recv() => {
                     self.handle(call);
@@ -363,8 +393,7 @@ impl Driver {
                 }
                 Some(why) = removed.recv() => {
                     // The primary says we are no longer a member: stop, rather than campaign
-                    // forever or come back unnoticed.
-                    error!("{why}");
+                    // forever or come back unnoticed (the error is the process's last word).
                     break Err(Error::Forbidden(why));
                 }
                 Some(event) = worker.recv() => match event {
@@ -399,7 +428,10 @@ impl Driver {
             }
             Call::Query(read) => read(&self.replica.view()),
             Call::ConsistentQuery(read) => self.replica.read(Waiter::Read(read)),
-            Call::ConnectionLost(peer) => self.replica.connection_lost(&peer),
+            Call::ConnectionLost(peer) => {
+                info!(%peer, "the last connection with {peer} closed");
+                self.replica.connection_lost(&peer)
+            }
             Call::HandOver { to, reply } => self.replica.hand_over(to, Waiter::HandOver(reply)),
             Call::Deliver(envelopes) => {
                 for envelope in envelopes {
@@ -422,6 +454,9 @@ impl Driver {
                 }
             }
             Call::TransferMoving { to } => self.replica.transfer_moving(&to),
+            Call::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
             Call::SetBackups(request) => {
                 info!(primary = %request.primary, term = request.term, backups = ?request.backups, "primary announced the backups");
             }
@@ -442,16 +477,28 @@ impl Driver {
                         .send(WorkItem { job, incoming })
                         .map_err(|_| Error::Internal("the storage worker stopped".to_string()))?;
                 }
-                Output::Send(envelope) => self.io.peers.send(envelope),
+                Output::Send(envelope) => {
+                    if let Message::Append { entries, .. } = &envelope.message
+                        && let Some(last) = entries.last()
+                    {
+                        self.round_trips
+                            .sent(&envelope.to, last.index, Instant::now());
+                    }
+                    self.io.peers.send(envelope)
+                }
                 Output::SendState { to, term } => {
+                    let sending = state_transfer::Sending {
+                        http: self.io.http.clone(),
+                        secret: self.io.secret.clone(),
+                        driver: self.io.handle.clone(),
+                        metrics: self.io.metrics.clone(),
+                    };
                     tokio::spawn(state_transfer::send(
-                        self.io.http.clone(),
-                        self.io.secret.clone(),
+                        sending,
                         self.store.clone(),
                         self.replica.node().id().clone(),
                         to,
                         term,
-                        self.io.handle.clone(),
                     ));
                 }
                 Output::Reply(waiter, answer) => waiter.answer_with(answer, &self.replica.view()),
@@ -472,31 +519,96 @@ impl Driver {
                 Output::SetBackups { term, members } => {
                     self.io.notifier.set_backups(term, &members);
                 }
-                Output::Election { term, cause } => log_election(term, &cause, self.tick),
-                Output::RoleChanged { .. } | Output::Applied { .. } => {}
+                Output::Election { term, cause } => {
+                    log_election(term, &cause, self.tick);
+                    self.io.metrics.election(&cause);
+                    self.last_election = Some(cause);
+                }
+                Output::RoleChanged { primary, .. } => {
+                    if primary.is_some() && primary != self.known_primary {
+                        let here = primary.as_ref() == Some(self.replica.node().id());
+                        let cause = self.last_election.as_ref().filter(|_| here);
+                        self.io.metrics.leader_changed(cause);
+                    }
+                    self.known_primary = primary;
+                }
+                Output::Applied { .. } => {}
                 Output::Removed => self.removed = true,
             }
         }
         self.io.printer.end_round();
+        if self.round_trips.waiting() {
+            let peers = self.replica.node().peers();
+            let metrics = &self.io.metrics;
+            self.round_trips
+                .acknowledged(&peers, Instant::now(), |took| metrics.round_trip(took));
+        }
         Ok(())
+    }
+
+    /// What the metrics and health endpoints show of this server now.
+    fn snapshot(&self) -> Result<Snapshot> {
+        let node = self.replica.node();
+        let status = node.status();
+        let counters = self.replica.tables().counters()?;
+        let now = Instant::now();
+        let ticks = |n: u64| {
+            self.tick
+                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        Ok(Snapshot {
+            role: Some(status.role),
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: self.replica.applied(),
+            last_index: status.last_index,
+            hears_primary: node.hears_primary(),
+            peers: node
+                .peers()
+                .into_iter()
+                .map(|peer| PeerSnapshot {
+                    lag: peer.matched.map(|_| self.round_trips.lag(&peer.id, now)),
+                    heard_ago: peer.heard_ticks_ago.map(ticks),
+                    matched: peer.matched,
+                    id: peer.id,
+                })
+                .collect(),
+            messages: counters.messages,
+            clients: counters.clients,
+            logged_in: counters.logged_in,
+            ..Snapshot::default()
+        })
     }
 }
 
-/// Every election is logged with its cause.
+/// Every election is logged with its cause, the primary it replaces and how long that
+/// primary was silent.
 fn log_election(term: Term, cause: &ElectionCause, tick: Duration) {
+    let ms = |ticks: &u32| u64::from(*ticks) * u64::try_from(tick.as_millis()).unwrap_or(u64::MAX);
     match cause {
-        ElectionCause::ConnectionLost { primary } => {
-            warn!(term, %primary, "starting an election: the connection from the primary was lost")
-        }
-        ElectionCause::Silent { ticks } => {
-            let silent_ms = u128::from(*ticks) * tick.as_millis();
+        ElectionCause::ConnectionLost { primary, ticks } => {
+            let silent_ms = ms(ticks);
             warn!(
                 term,
-                silent_ms, "starting an election: no primary heard from for {silent_ms} ms"
+                cause = "connection_lost",
+                old_primary = %primary,
+                silent_ms,
+                "starting an election: the connection from the primary {primary} was lost (last heard {silent_ms} ms before)"
+            )
+        }
+        ElectionCause::Silent { ticks, primary } => {
+            let silent_ms = ms(ticks);
+            let old = primary.as_deref().unwrap_or("none known");
+            warn!(
+                term,
+                cause = "silent",
+                old_primary = old,
+                silent_ms,
+                "starting an election: no primary heard from for {silent_ms} ms (the last known was {old})"
             )
         }
         ElectionCause::HandOver { from } => {
-            info!(term, %from, "starting an election: the primary handed over")
+            info!(term, cause = "hand_over", old_primary = %from, "starting an election: the primary {from} handed over")
         }
         ElectionCause::Bootstrap => {}
     }
