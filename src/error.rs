@@ -36,7 +36,7 @@ pub enum Error {
     #[error("not the primary; the primary is {primary}")]
     NotPrimary { primary: String },
     /// No primary is known (an election is running, or there is no quorum).
-    #[error("no primary is known right now")]
+    #[error("no primary: an election is running, or a majority of the servers cannot be reached")]
     NoPrimary,
     /// The server cannot serve the request right now (shutting down, overloaded, timed out).
     #[error("unavailable: {0}")]

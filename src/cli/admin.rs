@@ -18,7 +18,7 @@ use understudy::server::post_to_primary;
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// Servers to ask, HOST:PORT[,...] (any members).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, env = "UNDERSTUDY_SERVERS", value_delimiter = ',', global = true)]
     servers: Vec<String>,
     /// The cluster secret (needed for changes).
     #[command(flatten)]
@@ -47,6 +47,9 @@ enum AdminCommand {
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
+    if args.servers.is_empty() {
+        anyhow::bail!("no servers: pass --servers HOST:PORT[,HOST:PORT...]");
+    }
     let http = HttpClient::with_timeout(Duration::from_secs(2));
     match &args.command {
         AdminCommand::Status => status(&http, &args.servers).await,

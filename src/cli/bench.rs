@@ -56,9 +56,10 @@ enum BenchKind {
 /// Cluster shape and timing, shared by the benchmarks.
 #[derive(clap::Args, Debug, Clone)]
 pub(super) struct ClusterArgs {
-    /// Servers in the cluster.
-    #[arg(long, default_value_t = 3)]
-    pub servers: usize,
+    /// How many servers the benchmark's own cluster has (elsewhere `--servers` lists
+    /// addresses; here it is a count, so it has its own name).
+    #[arg(long, alias = "size", default_value_t = 3)]
+    pub nodes: usize,
     /// The servers' --heartbeat-ms (their default if not given).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
@@ -123,13 +124,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
 /// A started cluster in its own temporary directory.
 pub(super) async fn start_cluster(args: &ClusterArgs) -> Result<(tempfile::TempDir, LocalCluster)> {
-    if args.servers == 0 {
-        bail!("--servers must be at least 1");
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
     }
     let dir = tempfile::Builder::new()
         .prefix("understudy-bench-")
         .tempdir()?;
-    let mut cluster = LocalCluster::new(dir.path(), args.servers, args.server_args(), None)?;
+    let mut cluster = LocalCluster::new(dir.path(), args.nodes, args.server_args(), None)?;
     cluster.start_all(WAIT_LIMIT).await?;
     Ok((dir, cluster))
 }

@@ -24,28 +24,30 @@ use super::password::{EchoOff, read_password};
 pub struct ClientArgs {
     /// The servers to contact, HOST:PORT[,HOST:PORT...]; any of them will do. Defaults to
     /// the servers of the saved session.
-    #[arg(long, env = "UNDERSTUDY_SERVERS", value_delimiter = ',')]
+    #[arg(long, env = "UNDERSTUDY_SERVERS", value_delimiter = ',', global = true)]
     servers: Vec<String>,
 
     /// Where the session (client id, token, next seq) is kept between commands
     /// [default: $HOME/.understudy/client.json].
-    #[arg(long, env = "UNDERSTUDY_CLIENT_STATE")]
+    #[arg(long, env = "UNDERSTUDY_CLIENT_STATE", global = true)]
     state_file: Option<PathBuf>,
 
-    /// Where the notification listener binds (port 0: any free port).
-    #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
+    /// Where the notification listener binds (port 0: any free port) [default: the local
+    /// address this machine reaches the first server from, so that only that network
+    /// sees it].
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
 
     /// How long a command keeps looking for a primary before it gives up, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, global = true)]
     retry_ms: u64,
 
     /// The bound on one HTTP request, in milliseconds.
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 3_000, global = true)]
     timeout_ms: u64,
 
-    /// Print answers as JSON instead of text.
-    #[arg(long)]
+    /// Print answers as JSON instead of text (errors too, as `{"error": ...}`).
+    #[arg(long, global = true)]
     json: bool,
 
     #[command(subcommand)]
@@ -99,6 +101,15 @@ enum ClientCommand {
 }
 
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let result = run_command(args).await;
+    if json && let Err(err) = &result {
+        println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    }
+    result
+}
+
+async fn run_command(args: ClientArgs) -> anyhow::Result<()> {
     let state_file = match args.state_file.clone().or_else(saved::default_path) {
         Some(path) => path,
         None => bail!("no state file: pass --state-file or set HOME"),
@@ -124,11 +135,11 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         bail!("no servers: pass --servers HOST:PORT[,HOST:PORT...]");
     }
     let cli = Cli {
-        servers,
+        servers: servers.clone(),
         state_file,
         saved,
         options: ClientOptions {
-            listen: args.listen,
+            listen: args.listen.unwrap_or_else(|| listen_toward(&servers[0])),
             retry_for: Duration::from_millis(args.retry_ms),
             request_timeout: Duration::from_millis(args.timeout_ms),
             ..ClientOptions::default()
@@ -255,10 +266,23 @@ impl Cli {
             return self.print(&status, status_details(&status));
         }
         // Every server, each asked directly and all at once: an operator wants to see the
-        // dead ones too, not have them skipped by failover.
-        let servers = client.servers();
-        let answers =
+        // dead ones too, not have them skipped by failover. Then every member the answers
+        // name that was not asked yet.
+        let mut servers = client.servers();
+        let mut answers =
             futures_join_all(servers.iter().map(|s| client.status(Some(s.as_str())))).await;
+        let named: Vec<String> = answers
+            .iter()
+            .flatten()
+            .flat_map(|status| status.members.iter())
+            .filter(|member| !servers.contains(member))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        answers
+            .extend(futures_join_all(named.iter().map(|s| client.status(Some(s.as_str())))).await);
+        servers.extend(named);
         let json: Vec<_> = servers
             .iter()
             .zip(&answers)
@@ -268,7 +292,18 @@ impl Cli {
             })
             .collect();
         let text = status_table(&servers, &answers);
-        self.print(&json, text)
+        self.print(&json, text)?;
+        let primaries = answers
+            .iter()
+            .flatten()
+            .filter(|status| status.role == "primary")
+            .count();
+        if primaries == 0 {
+            bail!(
+                "no primary reachable: an election is running, or a majority of the servers cannot be reached"
+            );
+        }
+        Ok(())
     }
 
     async fn logout(&self) -> anyhow::Result<()> {
@@ -348,8 +383,43 @@ impl Cli {
                 println!("error: {err:#}");
             }
         }
-        self.save(&client)?;
+        self.save_merged(&client)?;
         Ok(())
+    }
+
+    /// Takes in the seqs a one-shot command used with this same login while the shell was
+    /// open, so the shell's next message does not reuse one.
+    fn catch_up(&self, client: &Client) -> anyhow::Result<()> {
+        if let Some(saved) = SavedSession::load(&self.state_file)? {
+            client.catch_up_with(&saved);
+        }
+        Ok(())
+    }
+
+    /// Saves the shell's session merged with what is in the file now, never over newer
+    /// state: the same login is saved with the highest seq either used; another login in
+    /// the file (logged in elsewhere since) is left alone; and a login whose file is gone
+    /// (logged out elsewhere, which also ended it on the servers) is not written back.
+    fn save_merged(&self, client: &Client) -> anyhow::Result<()> {
+        let mine = client.saved();
+        match SavedSession::load(&self.state_file)? {
+            Some(theirs) if client.is_same_login(&theirs) => {
+                client.catch_up_with(&theirs);
+                self.save(client)
+            }
+            Some(theirs) if theirs.token.is_some() && mine.token.is_some() => {
+                eprintln!(
+                    "the session file holds another login now ({}); leaving it as it is",
+                    theirs.username.as_deref().unwrap_or("unknown user")
+                );
+                Ok(())
+            }
+            None if mine.token.is_some() => {
+                eprintln!("this login was ended elsewhere (logged out); not saving it again");
+                Ok(())
+            }
+            _ => self.save(client),
+        }
     }
 
     async fn shell_client(&self) -> anyhow::Result<Client> {
@@ -370,6 +440,7 @@ impl Cli {
     ) -> anyhow::Result<()> {
         let (username, password) = self.shell_credentials(rest, lines).await?;
         client.login(&username, &password).await?;
+        // A login in the shell takes the session file, whatever it held.
         self.save(client)?;
         println!("logged in as {username}");
         Ok(())
@@ -393,8 +464,9 @@ impl Cli {
                 if rest.is_empty() {
                     bail!("usage: send MESSAGE");
                 }
+                self.catch_up(client)?;
                 let result = client.send(rest).await;
-                self.save(client)?;
+                self.save_merged(client)?;
                 println!("sent #{}", result?);
             }
             "messages" => {
@@ -413,7 +485,7 @@ impl Cli {
             ),
             "logout" => {
                 client.logout().await?;
-                self.save(client)?;
+                self.save_merged(client)?;
                 println!("logged out");
             }
             other => bail!("unknown command {other:?}; type `help`"),
@@ -524,6 +596,29 @@ where
     })
     .await;
     results.into_iter().flatten().collect()
+}
+
+/// The local address this machine uses to reach `server`, port 0: the notification
+/// listener then listens where the servers can call it back, and nowhere else. (A UDP
+/// socket's `connect` only picks the route; nothing is sent.) Falls back to loopback.
+fn listen_toward(server: &str) -> SocketAddr {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let local = server
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .and_then(|remote| {
+            let any = if remote.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let socket = UdpSocket::bind(any).ok()?;
+            socket.connect(remote).ok()?;
+            socket.local_addr().ok()
+        });
+    let ip = local.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |addr| addr.ip());
+    SocketAddr::new(ip, 0)
 }
 
 #[cfg(test)]

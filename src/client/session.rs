@@ -439,6 +439,29 @@ impl Client {
         }
     }
 
+    /// Whether `saved` is this client's own login (same client id and token), as another
+    /// process using the same session file would have saved it.
+    pub fn is_same_login(&self, saved: &SavedSession) -> bool {
+        let state = self.lock_state();
+        saved.client_id == self.client_id && saved.token.is_some() && saved.token == state.token
+    }
+
+    /// Takes in what another process did with this same login since (a one-shot `send`
+    /// while a shell is open): the seqs it used are taken, so ours continue after them, and
+    /// if it got further its pending message is the one that may be retried. Returns false,
+    /// changing nothing, if `saved` is another login.
+    pub fn catch_up_with(&self, saved: &SavedSession) -> bool {
+        if !self.is_same_login(saved) {
+            return false;
+        }
+        let mut state = self.lock_state();
+        if saved.next_seq > state.next_seq {
+            state.next_seq = saved.next_seq;
+            state.pending = saved.pending.clone();
+        }
+        true
+    }
+
     /// Stops the notification listener and waits until its port is free again (dropping
     /// the client stops it too, but without waiting).
     pub async fn shutdown(mut self) {
@@ -469,6 +492,7 @@ impl Client {
         let mut redirects = 0usize;
         let mut failures = 0u32;
         let mut uncertain = false;
+        let mut heard_no_primary = false;
         loop {
             self.apply_notification();
             let Some(target) = self.lock_routing().target() else {
@@ -550,11 +574,20 @@ impl Client {
                     self.lock_routing().failed(&target);
                 }
             }
+            // A server that answered "no primary" says more than one that could not be
+            // reached: that is what the caller hears if time runs out.
+            if matches!(err, Error::NoPrimary) {
+                heard_no_primary = true;
+            }
             failures = failures.saturating_add(1);
             let now = Instant::now();
             if now >= deadline {
                 return Answer {
-                    result: Err(err),
+                    result: Err(if heard_no_primary {
+                        Error::NoPrimary
+                    } else {
+                        err
+                    }),
                     uncertain,
                 };
             }
