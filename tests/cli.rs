@@ -56,32 +56,21 @@ async fn status_exit_codes_json_and_the_no_primary_error() {
         1
     );
 
-    let registered = client(
-        &state,
-        &[
-            "register",
-            "ops",
-            "--password",
-            "ops-password",
-            "--servers",
-            &all,
-        ],
-    )
-    .await;
-    assert!(registered.status.success(), "{}", text(&registered.stderr));
-    let login = client(
-        &state,
-        &[
-            "login",
-            "ops",
-            "--password",
-            "ops-password",
-            "--servers",
-            &all,
-        ],
-    )
-    .await;
-    assert!(login.status.success(), "{}", text(&login.stderr));
+    for command in ["register", "login"] {
+        let out = client(
+            &state,
+            &[
+                command,
+                "ops",
+                "--password",
+                "ops-password",
+                "--servers",
+                &all,
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+    }
 
     // A majority gone: the survivor has no primary.
     cluster.kill(1);

@@ -460,14 +460,18 @@ pub(super) mod tests {
         );
     }
 
-    /// Torn tail: a crash while the last write was unsynced can cut the file at any byte of
-    /// its record. For every such cut, replay gives exactly the state of the writes before
-    /// it, truncates the file to their end, and the log takes new writes after it.
-    #[test]
-    fn torn_last_record_at_every_offset_recovers_the_prefix() {
+    /// Writes the history and a last record that overwrites a suffix (so that none of its
+    /// effect may survive), then, for every byte at which a crash could cut that record,
+    /// opens the file `tear` makes of the whole file and the cut. Replay must give exactly
+    /// the writes before it, `check` must hold of the file, the record's start and the cut,
+    /// and the
+    /// log must take the next write after it.
+    fn every_torn_last_record(
+        tear: impl Fn(&[u8], usize) -> Vec<u8>,
+        check: impl Fn(&Path, u64, u64),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut writes = history();
-        // The torn write itself overwrites a suffix, to show none of its effect survives.
         writes.push(entries(4, 6, 9));
         let starts = write_all(dir.path(), &writes);
         let full = fs::read(dir.path().join(LOG_FILE)).unwrap();
@@ -477,14 +481,13 @@ pub(super) mod tests {
         for cut in last_start..full.len() as u64 {
             let torn = tempfile::tempdir().unwrap();
             let path = torn.path().join(LOG_FILE);
-            fs::write(&path, &full[..cut as usize]).unwrap();
+            fs::write(&path, tear(&full, cut as usize)).unwrap();
 
             let (mut store, recovered) = LogStore::open(torn.path()).unwrap();
             assert_eq!(recovered, before, "cut at byte {cut}");
-            assert_eq!(fs::metadata(&path).unwrap().len(), last_start, "cut {cut}");
             assert_eq!(store.size(), last_start, "cut at byte {cut}");
+            check(&path, last_start, cut);
 
-            // The repaired log takes the next write cleanly.
             let next = entries(5, 9, 9);
             store.write(&next).unwrap();
             store.sync().unwrap();
@@ -494,6 +497,41 @@ pub(super) mod tests {
             after.push(next);
             assert_eq!(recovered, model(&after), "write after cut at byte {cut}");
         }
+    }
+
+    /// Torn tail: a crash while the last write was unsynced can cut the file at any byte of
+    /// its record. For every such cut, replay gives exactly the state of the writes before
+    /// it, truncates the file to their end, and the log takes new writes after it.
+    #[test]
+    fn torn_last_record_at_every_offset_recovers_the_prefix() {
+        every_torn_last_record(
+            |full, cut| full[..cut].to_vec(),
+            |path, last_start, cut| {
+                assert_eq!(fs::metadata(path).unwrap().len(), last_start, "cut {cut}");
+            },
+        );
+    }
+
+    /// A crash can tear the last record before the zeros kept ahead at any byte, leaving
+    /// zeros where the rest of it should be. For every such cut, replay gives the writes
+    /// before it, the torn bytes are cut off (a shorter record going over them must not be
+    /// followed by their remains), and the log takes new writes after it.
+    #[test]
+    fn torn_last_record_before_zeros_recovers_the_prefix() {
+        every_torn_last_record(
+            |full, cut| {
+                let mut bytes = full[..cut].to_vec();
+                bytes.resize(full.len() + 4096, 0);
+                bytes
+            },
+            |path, last_start, cut| {
+                let rest = fs::read(path).unwrap();
+                assert!(
+                    rest[last_start as usize..].iter().all(|&b| b == 0),
+                    "torn bytes left after cut {cut}"
+                );
+            },
+        );
     }
 
     /// A last record that is whole in length but fails its checksum (a write whose sectors
@@ -586,47 +624,6 @@ pub(super) mod tests {
         writes.push(next);
         let (_, recovered) = LogStore::open(dir.path()).unwrap();
         assert_eq!(recovered, model(&writes));
-    }
-
-    /// A crash can tear the last record before the zeros kept ahead at any byte, leaving
-    /// zeros where the rest of it should be. For every such cut, replay gives the writes
-    /// before it, the torn bytes are cut off (a shorter record going over them must not be
-    /// followed by their remains), and the log takes new writes after it.
-    #[test]
-    fn torn_last_record_before_zeros_recovers_the_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut writes = history();
-        writes.push(entries(4, 6, 9));
-        let starts = write_all(dir.path(), &writes);
-        let full = fs::read(dir.path().join(LOG_FILE)).unwrap();
-        let last_start = *starts.last().unwrap();
-        let before = model(&writes[..writes.len() - 1]);
-
-        for cut in last_start..full.len() as u64 {
-            let torn = tempfile::tempdir().unwrap();
-            let path = torn.path().join(LOG_FILE);
-            let mut bytes = full[..cut as usize].to_vec();
-            bytes.resize(full.len() + 4096, 0);
-            fs::write(&path, &bytes).unwrap();
-
-            let (mut store, recovered) = LogStore::open(torn.path()).unwrap();
-            assert_eq!(recovered, before, "cut at byte {cut}");
-            assert_eq!(store.size(), last_start, "cut at byte {cut}");
-            let rest = fs::read(&path).unwrap();
-            assert!(
-                rest[last_start as usize..].iter().all(|&b| b == 0),
-                "torn bytes left after cut {cut}"
-            );
-
-            let next = entries(5, 9, 9);
-            store.write(&next).unwrap();
-            store.sync().unwrap();
-            drop(store);
-            let (_, recovered) = LogStore::open(torn.path()).unwrap();
-            let mut after = writes[..writes.len() - 1].to_vec();
-            after.push(next);
-            assert_eq!(recovered, model(&after), "write after cut at byte {cut}");
-        }
     }
 
     /// Damage in the middle: a flipped byte in a record with valid records after it cannot
