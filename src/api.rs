@@ -100,6 +100,28 @@ pub struct StatusResponse {
     pub clients: u64,
     pub logged_in: u64,
     pub messages: u64,
+    /// What this server knows of the other members: on the primary, each backup's
+    /// progress; on a backup, when its primary was last heard from.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One other member, as a server sees it (`GET /status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: String,
+    /// The highest index durable on it (the primary's view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_index: Option<u64>,
+    /// Entries of the primary's log it does not hold yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_entries: Option<u64>,
+    /// How long the oldest entry sent to it and not yet acknowledged has waited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Since it was last heard from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
 }
 
 /// One entry of `GET /clients`.

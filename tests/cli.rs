@@ -56,6 +56,13 @@ async fn status_exit_codes_json_and_the_no_primary_error() {
         1
     );
 
+    // The text table: from the primary's view, each backup's lag and last contact.
+    let table = client(&state, &["status", "--servers", cluster.addr(0)]).await;
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    assert!(table.contains("last contact"), "{table}");
+    assert_eq!(table.matches(" ms ago").count(), 2, "both backups heard: {table}");
+
     for command in ["register", "login"] {
         let out = client(
             &state,
@@ -100,6 +107,16 @@ async fn status_exit_codes_json_and_the_no_primary_error() {
             .is_some_and(|e| e.contains("no primary")),
         "{error}"
     );
+
+    // The same view for the operator: the dead members with the reason, and a failure.
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["admin", "status", "--servers", cluster.addr(0)])
+        .env_remove("UNDERSTUDY_SERVERS")
+        .output()
+        .expect("admin runs");
+    assert!(!admin.status.success(), "no primary is a failure");
+    let table = text(&admin.stdout);
+    assert_eq!(table.matches("unreachable").count(), 2, "{table}");
 
     let send = client(
         &state,

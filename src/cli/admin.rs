@@ -3,14 +3,14 @@
 //! majority and a new server can join in its place; `transfer` moves the primary's office to
 //! another server without stopping anything (what a SIGTERM to the primary does first).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::cluster_status::ClusterStatus;
 use super::secret::SecretArgs;
 use understudy::api::{
-    HandOverRequest, HandOverResponse, RemoveServerRequest, RemoveServerResponse, StatusResponse,
+    HandOverRequest, HandOverResponse, RemoveServerRequest, RemoveServerResponse,
 };
 use understudy::client::HttpClient;
 use understudy::server::post_to_primary;
@@ -20,6 +20,9 @@ pub struct AdminArgs {
     /// Servers to ask, HOST:PORT[,...] (any members).
     #[arg(long, env = "UNDERSTUDY_SERVERS", value_delimiter = ',', global = true)]
     servers: Vec<String>,
+    /// Print answers as JSON instead of text (errors too, as `{"error": ...}`).
+    #[arg(long, global = true)]
+    json: bool,
     /// The cluster secret (needed for changes).
     #[command(flatten)]
     secret: SecretArgs,
@@ -52,7 +55,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     }
     let http = HttpClient::with_timeout(Duration::from_secs(2));
     match &args.command {
-        AdminCommand::Status => status(&http, &args.servers).await,
+        AdminCommand::Status => status(&http, &args.servers, args.json).await,
         AdminCommand::Remove { server } => {
             let secret = args.secret.load()?;
             let answer: RemoveServerResponse = post_to_primary(
@@ -91,41 +94,19 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     }
 }
 
-/// Asks the given servers and every member they name; prints one row per server.
-async fn status(http: &HttpClient, servers: &[String]) -> Result<()> {
-    let mut all: BTreeSet<String> = servers.iter().cloned().collect();
-    let mut rows = Vec::new();
-    let mut asked = BTreeSet::new();
-    while let Some(server) = all.iter().find(|s| !asked.contains(*s)).cloned() {
-        asked.insert(server.clone());
-        let status = match http.get(&server, "/status", &[]).await {
-            Ok(response) => response.json::<StatusResponse>().ok(),
-            Err(_) => None,
-        };
-        if let Some(status) = &status {
-            all.extend(status.members.iter().cloned());
-        }
-        rows.push((server, status));
+/// Asks the given servers and every member they name; prints one row per server. Fails
+/// when no primary answered.
+async fn status(http: &HttpClient, servers: &[String], json: bool) -> Result<()> {
+    let cluster = ClusterStatus::gather(http, servers).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cluster.json())?);
+    } else {
+        println!("{}", cluster.table());
     }
-    println!(
-        "{:<22} {:<9} {:>5} {:<22} {:>7} {:>7} {:>7} {:>8}",
-        "server", "role", "term", "primary", "commit", "applied", "clients", "messages"
-    );
-    for (server, status) in rows {
-        match status {
-            Some(s) => println!(
-                "{:<22} {:<9} {:>5} {:<22} {:>7} {:>7} {:>7} {:>8}",
-                server,
-                s.role,
-                s.term,
-                s.primary.unwrap_or_else(|| "-".to_string()),
-                s.commit_index,
-                s.applied_index,
-                s.clients,
-                s.messages
-            ),
-            None => println!("{server:<22} unreachable"),
-        }
+    if cluster.primary().is_none() {
+        anyhow::bail!(
+            "no primary reachable: an election is running, or a majority of the servers cannot be reached"
+        );
     }
     Ok(())
 }

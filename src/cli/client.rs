@@ -16,7 +16,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use understudy::Error;
 use understudy::client::{Client, ClientOptions, SavedSession, saved};
 
-use super::client_output::{clients_table, messages_table, status_details, status_table};
+use super::client_output::{clients_table, messages_table, status_details};
+use super::cluster_status::ClusterStatus;
 use super::password::{EchoOff, read_password};
 
 /// Talk to a cluster as a client: register, log in, send and read messages.
@@ -265,40 +266,11 @@ impl Cli {
             let status = client.status(Some(server)).await?;
             return self.print(&status, status_details(&status));
         }
-        // Every server, each asked directly and all at once: an operator wants to see the
-        // dead ones too, not have them skipped by failover. Then every member the answers
-        // name that was not asked yet.
-        let mut servers = client.servers();
-        let mut answers =
-            futures_join_all(servers.iter().map(|s| client.status(Some(s.as_str())))).await;
-        let named: Vec<String> = answers
-            .iter()
-            .flatten()
-            .flat_map(|status| status.members.iter())
-            .filter(|member| !servers.contains(member))
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        answers
-            .extend(futures_join_all(named.iter().map(|s| client.status(Some(s.as_str())))).await);
-        servers.extend(named);
-        let json: Vec<_> = servers
-            .iter()
-            .zip(&answers)
-            .map(|(server, answer)| match answer {
-                Ok(status) => serde_json::json!({ "server": server, "status": status }),
-                Err(err) => serde_json::json!({ "server": server, "error": err.to_string() }),
-            })
-            .collect();
-        let text = status_table(&servers, &answers);
-        self.print(&json, text)?;
-        let primaries = answers
-            .iter()
-            .flatten()
-            .filter(|status| status.role == "primary")
-            .count();
-        if primaries == 0 {
+        // Every server given and every member they name, each asked directly.
+        let http = understudy::client::HttpClient::with_timeout(self.options.request_timeout);
+        let cluster = ClusterStatus::gather(&http, &client.servers()).await;
+        self.print(&cluster.json(), cluster.table())?;
+        if cluster.primary().is_none() {
             bail!(
                 "no primary reachable: an election is running, or a majority of the servers cannot be reached"
             );
@@ -567,35 +539,6 @@ async fn next_notification(
         *notifications = None;
     }
     std::future::pending::<()>().await
-}
-
-/// Awaits every future concurrently and returns their outputs in order. The futures borrow
-/// the client, so they cannot be spawned as tasks; polling them side by side is enough for
-/// a handful of servers.
-async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T>,
-{
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut results: Vec<Option<T>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, slot) in pinned.iter_mut().zip(results.iter_mut()) {
-            if slot.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *slot = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }
 
 /// The local address this machine uses to reach `server`, port 0: the notification

@@ -93,45 +93,6 @@ pub fn status_details(s: &StatusResponse) -> String {
     )
 }
 
-pub fn status_table(servers: &[String], answers: &[understudy::Result<StatusResponse>]) -> String {
-    let rows: Vec<Vec<String>> = servers
-        .iter()
-        .zip(answers)
-        .map(|(server, answer)| match answer {
-            Ok(s) => vec![
-                server.clone(),
-                s.role.clone(),
-                s.term.to_string(),
-                s.primary.clone().unwrap_or_else(|| "none".to_string()),
-                format!("{}/{}", s.commit_index, s.applied_index),
-                s.clients.to_string(),
-                s.messages.to_string(),
-            ],
-            Err(err) => vec![
-                server.clone(),
-                "unreachable".to_string(),
-                "-".to_string(),
-                "-".to_string(),
-                "-".to_string(),
-                "-".to_string(),
-                err.to_string(),
-            ],
-        })
-        .collect();
-    table(
-        &[
-            "server",
-            "role",
-            "term",
-            "primary",
-            "commit/applied",
-            "clients",
-            "messages",
-        ],
-        &rows,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

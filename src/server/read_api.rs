@@ -9,7 +9,7 @@ use axum::extract::{RawQuery, State};
 use super::AppState;
 use crate::api::{
     ClientInfo, ClientsResponse, DEFAULT_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT, MessageInfo,
-    MessagesQuery, MessagesResponse, ReadQuery, StatusResponse,
+    MessagesQuery, MessagesResponse, PeerStatus, ReadQuery, StatusResponse,
 };
 use crate::server::driver::{DriverHandle, ServerView};
 
@@ -48,9 +48,27 @@ pub async fn status(
             clients: counters.clients,
             logged_in: counters.logged_in,
             messages: counters.messages,
+            peers: Vec::new(),
         })
     })
     .await??;
+    let mut status = status;
+    // Best effort: the peers' progress is an operator's view, not part of the answer's
+    // consistency.
+    if let Ok(snapshot) = app.driver.snapshot().await {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        status.peers = snapshot
+            .peers
+            .into_iter()
+            .map(|peer| PeerStatus {
+                lag_entries: peer.matched.map(|m| snapshot.last_index.saturating_sub(m)),
+                match_index: peer.matched,
+                lag_ms: peer.lag.map(ms),
+                last_heard_ms: peer.heard_ago.map(ms),
+                id: peer.id,
+            })
+            .collect();
+    }
     Ok(Json(status))
 }
 
