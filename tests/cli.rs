@@ -61,7 +61,11 @@ async fn status_exit_codes_json_and_the_no_primary_error() {
     assert!(table.status.success(), "{}", text(&table.stderr));
     let table = text(&table.stdout);
     assert!(table.contains("last contact"), "{table}");
-    assert_eq!(table.matches(" ms ago").count(), 2, "both backups heard: {table}");
+    assert_eq!(
+        table.matches(" ms ago").count(),
+        2,
+        "both backups heard: {table}"
+    );
 
     for command in ["register", "login"] {
         let out = client(

@@ -113,7 +113,7 @@ async fn client_endpoints_answer_with_the_contract_shapes() {
 /// Contract, Read endpoints: `GET /status` has every field with its type; on a cluster of
 /// one the server is the primary and the only member, applies what it commits, and its log
 /// ends at or after its commit index (`last_index`, added for operators and the partition
-/// test).
+/// test), and it has no peers to report on (`peers`, added for operators).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_every_field() {
     let (server, _client_id, _token) = server_with_alice().await;
@@ -131,12 +131,15 @@ async fn status_reports_every_field() {
             "logged_in",
             "members",
             "messages",
+            "peers",
             "primary",
             "role",
             "term"
         ]
     );
     assert_eq!(status["id"], server.addr.as_str());
+    // A cluster of one: nobody else to report on.
+    assert_eq!(status["peers"], json!([]));
     assert_eq!(status["role"], "primary");
     assert_eq!(status["primary"], server.addr.as_str());
     assert_eq!(status["members"], json!([server.addr]));

@@ -239,7 +239,8 @@ async fn unknown_paths_and_clients_are_not_found() {
 
     for (method, path) in [
         (Method::GET, "/nope"),
-        (Method::GET, "/"),
+        // (`GET /` is the dashboard.)
+        (Method::POST, "/nope/"),
         (Method::POST, "/client/nope"),
         (Method::POST, "/client"),
         (Method::GET, "/status/extra"),

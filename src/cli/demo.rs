@@ -22,7 +22,9 @@ pub struct DemoArgs {
     /// Skip the failover part.
     #[arg(long)]
     no_failover: bool,
-    /// Keep the temporary directory (data dirs and server logs) instead of removing it.
+    /// Keep the cluster running after the script, until Ctrl-C, so you can watch the
+    /// dashboard and kill servers yourself; the temporary directory (data dirs and server
+    /// logs) is kept too.
     #[arg(long)]
     keep: bool,
 }
@@ -45,6 +47,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         printed: BTreeMap::new(),
     };
     let result = demo.script(&args).await;
+    if args.keep && result.is_ok() {
+        println!(
+            "\n== the cluster stays up: watch it at http://{}/ (every server has the dashboard);\n   kill servers and see the failover there; Ctrl-C to stop",
+            demo.cluster.addrs()[0]
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     demo.cluster.stop_all().await;
     match &result {
         Ok(()) => println!("\n== done: all servers stopped"),
@@ -75,6 +84,10 @@ impl Demo {
         self.cluster.start_all(WAIT_LIMIT).await?;
         let primary = self.cluster.primary().await?;
         println!("  cluster ready: primary {primary}, members {addrs:?}");
+        println!(
+            "  live dashboard: http://{}/ (on every server; --keep leaves the cluster up to watch it)",
+            addrs[0]
+        );
 
         println!("\n== a client introduces itself, registers and logs in");
         let options = ClientOptions {

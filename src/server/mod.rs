@@ -14,7 +14,9 @@
 pub(crate) mod auth;
 mod client_api;
 mod credentials;
+mod dashboard;
 pub(crate) mod driver;
+mod events;
 mod join;
 pub(crate) mod metrics;
 mod notify;
@@ -57,8 +59,9 @@ use crate::storage::{
     save_join_targets,
 };
 use driver::{Driver, DriverHandle, DriverIo};
+use events::Events;
 use metrics::Metrics;
-use notify::Notifier;
+use notify::{Notifier, Told};
 use peers::{Peers, ToDriver};
 use printer::Printer;
 use state_transfer::Receiver;
@@ -114,6 +117,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The data dir, for the sizes of its files.
     pub data_dir: PathBuf,
+    /// Elections and changes of primary, for the dashboard.
+    pub events: Events,
+    /// When each client was told of a new primary, for the dashboard.
+    pub told: Told,
 }
 
 impl AppState {
@@ -260,6 +267,7 @@ pub async fn serve_until(
         warn!("fsync is off: acknowledged writes can be lost if the machine fails");
     }
     let metrics = Metrics::new();
+    let (events, told) = (Events::default(), Told::default());
     let storage = persist::spawn(log, store.clone(), config.fsync, worker_tx, metrics.clone())?;
     let io = DriverIo {
         peers: peers.clone(),
@@ -268,12 +276,14 @@ pub async fn serve_until(
             http.clone(),
             config.secret.clone(),
             metrics.clone(),
+            told.clone(),
         ),
         printer: Printer::spawn()?,
         http: http.clone(),
         secret: config.secret.clone(),
         handle: handle.clone(),
         metrics: metrics.clone(),
+        events: events.clone(),
     };
     let driver = Driver::new(replica, store, storage, io);
     let app = AppState::new(Shared {
@@ -285,6 +295,8 @@ pub async fn serve_until(
         secret: config.secret.clone(),
         metrics,
         data_dir: config.data_dir.clone(),
+        events,
+        told,
     });
     let handle_for_stop = app.driver.clone();
 
@@ -377,6 +389,8 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         .route("/status", get(read_api::status))
         .route("/clients", get(read_api::clients))
         .route("/messages", get(read_api::messages))
+        .route("/", get(dashboard::page))
+        .route("/events", get(dashboard::events))
         .route("/metrics", get(ops_api::metrics))
         .route("/health", get(ops_api::health))
         .route("/primary", get(ops_api::primary))

@@ -42,10 +42,43 @@ pub struct Notifier {
     /// The latest term announced to clients: an older announcement's workers stop.
     announced: Arc<AtomicU64>,
     metrics: Metrics,
+    told: Told,
+}
+
+/// When each client was last told of a new primary (address → term and milliseconds since
+/// the Unix epoch), for the dashboard. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Told(Arc<Mutex<std::collections::HashMap<String, (Term, u64)>>>);
+
+impl Told {
+    fn record(&self, address: &str, term: Term) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), (term, at_ms));
+    }
+
+    /// The term and time the client at `address` was last told, if it was.
+    pub fn get(&self, address: &str) -> Option<(Term, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+            .copied()
+    }
 }
 
 impl Notifier {
-    pub fn new(id: NodeId, http: HttpClient, secret: ClusterSecret, metrics: Metrics) -> Notifier {
+    pub fn new(
+        id: NodeId,
+        http: HttpClient,
+        secret: ClusterSecret,
+        metrics: Metrics,
+        told: Told,
+    ) -> Notifier {
         Notifier {
             id,
             http,
@@ -53,6 +86,7 @@ impl Notifier {
             slots: Arc::new(Semaphore::new(MAX_PARALLEL)),
             announced: Arc::new(AtomicU64::new(0)),
             metrics,
+            told,
         }
     }
 
@@ -97,12 +131,15 @@ impl Notifier {
         let tally = Arc::new(Tally::new(workers));
         for _ in 0..workers {
             let (queue, body, metrics) = (queue.clone(), body.clone(), self.metrics.clone());
-            let tally = tally.clone();
+            let (tally, told) = (tally.clone(), self.told.clone());
             tokio::spawn(async move {
                 while let Some(address) = queue.next() {
-                    let told = tell_client(&address, &body).await;
-                    metrics.notification(told.is_ok());
-                    if let Err(why) = told {
+                    let result = tell_client(&address, &body).await;
+                    metrics.notification(result.is_ok());
+                    if result.is_ok() {
+                        told.record(&address, term);
+                    }
+                    if let Err(why) = result {
                         debug!(%address, why, "client not told of the new primary");
                         tally.failed(&address, &why);
                     }

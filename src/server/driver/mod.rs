@@ -292,6 +292,8 @@ pub struct DriverIo {
     /// Our own handle, for the transfer tasks to report progress.
     pub handle: DriverHandle,
     pub metrics: Metrics,
+    /// Elections and changes of primary, for the dashboard.
+    pub events: super::events::Events,
 }
 
 /// The driver's state.
@@ -521,6 +523,11 @@ impl Driver {
                 }
                 Output::Election { term, cause } => {
                     log_election(term, &cause, self.tick);
+                    self.io.events.push(format!(
+                        "{} starts an election for term {term}: {}",
+                        self.replica.node().id(),
+                        describe(&cause, self.tick)
+                    ));
                     self.io.metrics.election(&cause);
                     self.last_election = Some(cause);
                 }
@@ -529,6 +536,13 @@ impl Driver {
                         let here = primary.as_ref() == Some(self.replica.node().id());
                         let cause = self.last_election.as_ref().filter(|_| here);
                         self.io.metrics.leader_changed(cause);
+                        if let Some(primary) = &primary {
+                            self.io.events.push(format!(
+                                "{} follows {primary} as the primary of term {}",
+                                self.replica.node().id(),
+                                self.replica.node().term()
+                            ));
+                        }
                     }
                     self.known_primary = primary;
                 }
@@ -578,6 +592,24 @@ impl Driver {
             logged_in: counters.logged_in,
             ..Snapshot::default()
         })
+    }
+}
+
+/// An election's cause in words, for the dashboard.
+fn describe(cause: &ElectionCause, tick: Duration) -> String {
+    let ms = |ticks: &u32| u64::from(*ticks) * u64::try_from(tick.as_millis()).unwrap_or(u64::MAX);
+    match cause {
+        ElectionCause::ConnectionLost { primary, ticks } => format!(
+            "the connection from {primary} was lost (last heard {} ms before)",
+            ms(ticks)
+        ),
+        ElectionCause::Silent { ticks, primary } => format!(
+            "no primary heard from for {} ms (the last known was {})",
+            ms(ticks),
+            primary.as_deref().unwrap_or("none")
+        ),
+        ElectionCause::HandOver { from } => format!("{from} handed its office over"),
+        ElectionCause::Bootstrap => "a new cluster starts".to_string(),
     }
 }
 
