@@ -204,6 +204,10 @@ pub struct InitBackupResponse {
     pub primary: String,
     pub term: u64,
     pub members: Vec<String>,
+    /// The index of a configuration holding the new server: it is a member from there on
+    /// (a removal of its address before it was of an earlier server).
+    #[serde(default)]
+    pub since: u64,
 }
 
 /// `POST /replication/set-backups`: the primary tells a backup every backup there is.

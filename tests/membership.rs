@@ -142,3 +142,67 @@ async fn dead_server_is_removed_and_replaced() {
     );
     assert!(!out.contains(&dead_addr), "{out}");
 }
+
+/// Membership works both ways: a removed server's address joins again with an empty data
+/// dir and `--join`, as the error message says. Its log from the primary holds its old
+/// removal; that removal was of the earlier server under the same address, so the new one
+/// keeps running, becomes a member and receives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_address_joins_again_with_an_empty_data_dir() {
+    let mut cluster = Cluster::start(3).await;
+    let client = logged_in_client(&cluster, "ops").await;
+    client
+        .send("before the removal")
+        .await
+        .expect("acknowledged");
+    let primary = cluster.primary_index().await;
+    let gone = cluster.backup_indexes().await[0];
+    let gone_addr = cluster.addr(gone).to_string();
+    cluster.kill(gone);
+    let (ok, out) = admin(
+        &cluster,
+        cluster.addr(primary),
+        &["remove", "--server", &gone_addr],
+    );
+    assert!(ok, "admin remove failed: {out}");
+    client
+        .send("after the removal")
+        .await
+        .expect("acknowledged");
+
+    std::fs::remove_dir_all(cluster.data_dir(gone)).expect("the old data dir is removed");
+    let through = cluster.addr(primary).to_string();
+    cluster.restart_joining(gone, &through).await;
+    wait_until(
+        deadline(READY_TIMEOUT),
+        "the address to be a member again",
+        async || {
+            cluster
+                .try_status(primary)
+                .await
+                .is_ok_and(|s| s.members.contains(&gone_addr))
+                && cluster
+                    .try_status(gone)
+                    .await
+                    .is_ok_and(|s| s.role == "backup" && s.messages == 2)
+        },
+    )
+    .await;
+    client.send("after the return").await.expect("acknowledged");
+    wait_until(
+        deadline(READY_TIMEOUT),
+        "the returned server to follow",
+        async || {
+            cluster
+                .try_status(gone)
+                .await
+                .is_ok_and(|s| s.messages == 3)
+        },
+    )
+    .await;
+    assert!(
+        !cluster.stderr(gone).contains("removed from the cluster"),
+        "the returned server took the old removal for its own:\n{}",
+        cluster.stderr(gone)
+    );
+}

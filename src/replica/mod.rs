@@ -135,6 +135,11 @@ pub struct Replica<S, W> {
     /// Callers waiting for a hand-over to complete.
     hand_overs: Vec<W>,
     removed: bool,
+    /// Asked to join and not yet told by the primary since when it is a member: no
+    /// removal of this address in the log can be of this server yet.
+    joining: bool,
+    /// The configuration index from which this server is a member (0: from the start).
+    member_since: Index,
     /// Jobs handed to the storage side, and how many it reported done.
     jobs_issued: u64,
     jobs_done: u64,
@@ -210,13 +215,26 @@ impl<S: Store, W> Replica<S, W> {
         self.ticks_since_flush = self.ticks_since_flush.saturating_add(1);
     }
 
+    /// This server has asked to join a cluster (its data dir was made to join) and does not
+    /// know yet since when it is a member.
+    pub fn start_joining(&mut self) {
+        self.joining = true;
+    }
+
+    /// The primary took this server in: it is a member from configuration `since` on.
+    pub fn joined(&mut self, since: Index) {
+        self.joining = false;
+        self.member_since = self.member_since.max(since);
+    }
+
     /// A server asks to join (primary only); answered once a configuration holding it is
     /// applied.
     pub fn join(&mut self, id: NodeId, waiter: W) {
         if let Err(err) = self.node.add_learner(id.clone()) {
             self.reply(waiter, Answer::Joined(Err(err)));
         } else if self.applied_members.contains(&id) {
-            let membership = self.membership();
+            // Already a member (a retried request): at the latest from what is applied.
+            let membership = self.membership(self.applied);
             self.reply(waiter, Answer::Joined(Ok(membership)));
         } else {
             info!(server = %id, "server asks to join; bringing it up to date");
@@ -377,11 +395,12 @@ impl<S: Store, W> Replica<S, W> {
         self.outputs.push(Output::Reply(waiter, answer));
     }
 
-    fn membership(&self) -> Membership {
+    fn membership(&self, since: Index) -> Membership {
         Membership {
             primary: self.node.id().clone(),
             term: self.node.term(),
             members: self.applied_members.clone(),
+            since,
         }
     }
 
@@ -447,7 +466,16 @@ impl<S: Store, W> Replica<S, W> {
     fn config_applied(&mut self, index: Index, term: Term, members: Vec<NodeId>) {
         info!(?members, "configuration applied");
         let me = self.node.id().clone();
-        if self.applied_members.contains(&me) && !members.contains(&me) {
+        // A removal of this address stops this server only if it came after this server
+        // became a member: a server that joined under a removed address replays the
+        // removal of the earlier one from the log, and must not take it for its own.
+        let removes_me = self.applied_members.contains(&me) && !members.contains(&me);
+        if removes_me && (self.joining || index <= self.member_since) {
+            info!(
+                index,
+                "a removal of this address from before this server joined; not ours"
+            );
+        } else if removes_me {
             error!("this server was removed from the cluster; it no longer takes part");
             self.removed = true;
             self.outputs.push(Output::Removed);
@@ -471,7 +499,7 @@ impl<S: Store, W> Replica<S, W> {
         self.joins = waiting;
         for (id, waiter) in joined {
             info!(server = %id, "server joined as a backup");
-            let membership = self.membership();
+            let membership = self.membership(index);
             self.reply(waiter, Answer::Joined(Ok(membership)));
         }
         if self.node.is_primary() {

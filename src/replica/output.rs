@@ -98,6 +98,10 @@ pub struct Membership {
     pub primary: NodeId,
     pub term: Term,
     pub members: Vec<NodeId>,
+    /// The index of a configuration that holds the joiner (or later): the joiner's
+    /// membership starts there, and a removal of its address before it was of an earlier
+    /// server under the same address.
+    pub since: Index,
 }
 
 /// What became of a client request.

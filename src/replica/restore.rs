@@ -90,6 +90,8 @@ impl<S: Store, W> Replica<S, W> {
             confirmed: Vec::new(),
             hand_overs: Vec::new(),
             removed: false,
+            joining: false,
+            member_since: 0,
             jobs_issued: 0,
             jobs_done: 0,
             gated: VecDeque::new(),

@@ -14,6 +14,7 @@ use crate::api::{InitBackupRequest, InitBackupResponse};
 use crate::client::http::HttpClient;
 use crate::error::Error;
 use crate::replication::NodeId;
+use crate::storage::save_member_since;
 
 const INIT_BACKUP_PATH: &str = "/replication/init-backup";
 /// The primary answers once the log is transferred and the configuration committed.
@@ -24,6 +25,8 @@ const ROUND: Duration = Duration::from_secs(10);
 /// Asks `targets` (any members) to add `id`, until the primary says yes or `shutdown`.
 pub async fn join_cluster(
     id: NodeId,
+    data_dir: std::path::PathBuf,
+    driver: super::driver::DriverHandle,
     targets: Vec<String>,
     http: HttpClient,
     secret: ClusterSecret,
@@ -46,7 +49,13 @@ pub async fn join_cluster(
         };
         match result {
             Ok(answer) => {
-                info!(primary = %answer.primary, members = ?answer.members, "joined the cluster as a backup");
+                info!(primary = %answer.primary, members = ?answer.members, since = answer.since, "joined the cluster as a backup");
+                // Remembered before the replica acts on it: a restart must not take an old
+                // removal of this address for its own either.
+                if let Err(err) = save_member_since(&data_dir, answer.since) {
+                    warn!(%err, "cannot save since when this server is a member");
+                }
+                driver.joined(answer.since).await;
                 return;
             }
             Err(Error::Unauthorized(_)) => {

@@ -55,8 +55,8 @@ use crate::error::{Error, Result};
 use crate::replica::{Replica, Settings};
 use crate::replication::{NodeId, Options};
 use crate::storage::{
-    LogStore, RedbStore, check_format, load_identity, load_join_targets, save_identity,
-    save_join_targets,
+    LogStore, RedbStore, check_format, load_identity, load_join_targets, load_member_since,
+    save_identity, save_join_targets,
 };
 use driver::{Driver, DriverHandle, DriverIo};
 use events::Events;
@@ -243,6 +243,13 @@ pub async fn serve_until(
             info!(members = ?join, "this data dir was made to join a cluster and has not joined yet; joining the members it was given");
         }
     }
+    // Since when this server is a member, if it joined: removals of its address before
+    // that were of an earlier server (see `Replica::joined`).
+    if let Some(since) = load_member_since(&config.data_dir)? {
+        replica.joined(since);
+    } else if !join.is_empty() || !load_join_targets(&config.data_dir)?.is_empty() {
+        replica.start_joining();
+    }
     if fresh && join.is_empty() {
         info!(%id, "starting a new cluster");
         replica.bootstrap();
@@ -303,6 +310,8 @@ pub async fn serve_until(
     if fresh && !join.is_empty() {
         tokio::spawn(join::join_cluster(
             id.clone(),
+            config.data_dir.clone(),
+            app.driver.clone(),
             join,
             http.clone(),
             config.secret.clone(),

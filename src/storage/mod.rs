@@ -49,7 +49,9 @@ mod wal;
 
 pub use format::{FORMAT, check_format};
 pub use identity::{load_identity, save_identity};
-pub use join_targets::{load_join_targets, save_join_targets};
+pub use join_targets::{
+    load_join_targets, load_member_since, save_join_targets, save_member_since,
+};
 pub use record::{MAX_RECORD_LEN, Recovered};
 pub use store::{IncomingStore, ReadView, RedbStore};
 pub use wal::{LogStore, PREALLOCATE_BYTES as LOG_ZEROS_AHEAD};

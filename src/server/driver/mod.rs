@@ -83,6 +83,8 @@ pub enum Call {
     TransferMoving { to: NodeId },
     /// What the metrics and health endpoints show.
     Snapshot(oneshot::Sender<Result<Snapshot>>),
+    /// The primary took this server in, as a member from this configuration index on.
+    Joined(crate::replication::Index),
     /// An operator removes a server; answered once the new configuration is applied.
     Remove {
         id: NodeId,
@@ -141,6 +143,7 @@ impl Waiter {
                     primary: m.primary,
                     term: m.term,
                     members: m.members,
+                    since: m.since,
                 }));
             }
             (Waiter::Remove(reply), Answer::Removed(result)) => {
@@ -250,6 +253,11 @@ impl DriverHandle {
             path,
         })
         .await
+    }
+
+    /// Tells the replica the primary took this server in, from configuration `since` on.
+    pub async fn joined(&self, since: crate::replication::Index) {
+        let _ = self.send(Call::Joined(since)).await;
     }
 
     /// This server's positions, peers and counters, for metrics and health checks.
@@ -456,6 +464,7 @@ impl Driver {
                 }
             }
             Call::TransferMoving { to } => self.replica.transfer_moving(&to),
+            Call::Joined(since) => self.replica.joined(since),
             Call::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
