@@ -162,9 +162,15 @@ async fn a_removed_address_joins_again_with_an_empty_data_dir() {
     let (ok, out) = admin(
         &cluster,
         cluster.addr(primary),
-        &["remove", "--server", &gone_addr],
+        &["remove", "--server", &gone_addr, "--json"],
     );
     assert!(ok, "admin remove failed: {out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON from --json");
+    assert_eq!(
+        answer["members"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
     client
         .send("after the removal")
         .await

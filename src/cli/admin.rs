@@ -50,6 +50,15 @@ enum AdminCommand {
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
+    let json = args.json;
+    let result = run_command(args).await;
+    if json && let Err(err) = &result {
+        println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    }
+    result
+}
+
+async fn run_command(args: AdminArgs) -> Result<()> {
     if args.servers.is_empty() {
         anyhow::bail!("no servers: pass --servers HOST:PORT[,HOST:PORT...]");
     }
@@ -69,10 +78,14 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             )
             .await
             .with_context(|| format!("cannot remove {server}"))?;
-            println!(
-                "removed {server}; members now: {}",
-                answer.members.join(", ")
-            );
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!(
+                    "removed {server}; members now: {}",
+                    answer.members.join(", ")
+                );
+            }
             Ok(())
         }
         AdminCommand::Transfer { to } => {
@@ -88,7 +101,11 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             )
             .await
             .context("cannot hand over")?;
-            println!("the primary is now {}", answer.primary);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("the primary is now {}", answer.primary);
+            }
             Ok(())
         }
     }
