@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use understudy::Error;
 use understudy::client::{Client, ClientOptions, SavedSession, saved};
 
 use super::client_output::{clients_table, messages_table, status_details};
 use super::cluster_status::ClusterStatus;
-use super::password::{EchoOff, read_password};
+use super::password::read_password;
+use super::shell_input::ShellInput;
 
 /// Talk to a cluster as a client: register, log in, send and read messages.
 #[derive(clap::Args, Debug)]
@@ -304,16 +304,12 @@ impl Cli {
             client.servers().join(","),
             client.primary().unwrap_or_else(|| "unknown".to_string()),
         );
-        let interactive = std::io::stdin().is_terminal();
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        let history = self.state_file.parent().map(|dir| dir.join("history"));
+        let mut lines = ShellInput::new(history);
         let mut notifications = client.notifications();
         loop {
-            if interactive {
-                print!("> ");
-                std::io::stdout().flush()?;
-            }
             let line = tokio::select! {
-                line = lines.next_line() => line?,
+                line = lines.line("> ") => line?,
                 () = next_notification(&mut notifications) => {
                     if let Some(note) = notifications.as_ref().and_then(|n| n.borrow().clone()) {
                         println!("primary is now {} (term {})", note.primary, note.term);
@@ -408,7 +404,7 @@ impl Cli {
         &self,
         client: &Client,
         rest: &str,
-        lines: &mut Lines<BufReader<Stdin>>,
+        lines: &mut ShellInput,
     ) -> anyhow::Result<()> {
         let (username, password) = self.shell_credentials(rest, lines).await?;
         client.login(&username, &password).await?;
@@ -423,7 +419,7 @@ impl Cli {
         client: &Client,
         command: &str,
         rest: &str,
-        lines: &mut Lines<BufReader<Stdin>>,
+        lines: &mut ShellInput,
     ) -> anyhow::Result<()> {
         let mut words = rest.split_whitespace();
         match command {
@@ -469,7 +465,7 @@ impl Cli {
     async fn shell_credentials(
         &self,
         rest: &str,
-        lines: &mut Lines<BufReader<Stdin>>,
+        lines: &mut ShellInput,
     ) -> anyhow::Result<(String, String)> {
         let mut words = rest.split_whitespace();
         let Some(username) = words.next() else {
@@ -480,14 +476,14 @@ impl Cli {
             None => match std::env::var("UNDERSTUDY_PASSWORD") {
                 Ok(password) => password,
                 Err(_) => {
-                    if std::io::stdin().is_terminal() {
+                    if std::io::stdin().is_terminal() && lines.is_plain() {
                         print!("password: ");
                         std::io::stdout().flush()?;
                     }
-                    let echo = EchoOff::new();
-                    let line = lines.next_line().await?.context("no password given")?;
-                    drop(echo);
-                    line
+                    lines
+                        .secret("password: ")
+                        .await?
+                        .context("no password given")?
                 }
             },
         };

@@ -19,3 +19,4 @@ mod local_cluster;
 mod password;
 mod secret;
 pub mod server;
+mod shell_input;
