@@ -81,11 +81,25 @@ async fn malformed_missing_and_wrong_typed_bodies_are_bad_requests() {
         ),
         ("/client/logout", json!({})),
         ("/client/logout", json!({ "client_id": false })),
+        // Other shapes than an object of exactly the documented fields.
+        ("/client/init", json!([7000])),
+        ("/client/register", json!(["bob", PASSWORD])),
+        ("/client/logout", json!([client_id])),
+        ("/client/init", json!("port 7000")),
+        ("/client/init", json!(7000)),
+        ("/client/init", json!({ "port": 7000, "extra": 1 })),
+        ("/client/init", json!({ "port": 70000 })),
     ];
     for (path, body) in cases {
         let reply = server.post_with_token(path, &token, &body).await;
         assert_error(&reply, 400, "bad_request", &format!("{path} with {body}"));
     }
+    // A field given twice (which `json!` cannot write).
+    let twice: &[u8] = br#"{"port": 7000, "port": 7001}"#;
+    let reply = server
+        .request(Method::POST, "/client/init", &json_headers(), Some(twice))
+        .await;
+    assert_error(&reply, 400, "bad_request", "a duplicated field");
 
     server
         .assert_unchanged(&before, "a bad request changes no state")

@@ -100,7 +100,7 @@ fn endpoint_name(path: &str) -> &'static str {
 }
 
 /// A JSON request body whose every failure is one of our errors: too large is 413, anything
-/// malformed, missing or wrong-typed is 400.
+/// malformed, missing or wrong-typed, or not an object, is 400.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -120,6 +120,13 @@ where
                     Error::BadRequest(format!("unreadable body: {rejection}"))
                 }
             })?;
+        // Only an object: serde would also take a struct's fields from an array in order
+        // (`[7000]` for `{"port": 7000}`), a shape no client is documented to send.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::BadRequest(
+                "the body must be a JSON object".to_string(),
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|err| Error::BadRequest(format!("invalid JSON body: {err}")))
