@@ -566,3 +566,58 @@ async fn garbage_bytes_and_idle_connections_leave_the_server_serving() {
     drop(half);
     server.stop().await;
 }
+
+/// POSTs `body` as JSON to `path` on `addr` over a connection from the loopback address
+/// `source`, and returns the answer's status.
+async fn post_from(source: [u8; 4], addr: &str, path: &str, body: &serde_json::Value) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .expect("a loopback source address");
+    let mut stream = socket
+        .connect(addr.parse().expect("an address"))
+        .await
+        .expect("the server answers");
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("an answer");
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// Security: nobody can lock a user out. A thousand wrong passwords for alice from one
+/// address are refused there after ten (429), and alice still logs in from another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_wrong_logins_from_one_address_do_not_lock_alice_out() {
+    let (server, client_id, _token) = server_with_alice().await;
+    let guess = |n: usize| json!({ "client_id": client_id, "username": "alice", "password": format!("wrong guess number {n}") });
+    let mut statuses = std::collections::BTreeMap::new();
+    for n in 0..1000 {
+        let status = post_from([127, 0, 0, 3], &server.addr, "/client/auth", &guess(n)).await;
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&401), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&990), "{statuses:?}");
+    let right = json!({ "client_id": client_id, "username": "alice", "password": PASSWORD });
+    assert_eq!(
+        post_from([127, 0, 0, 3], &server.addr, "/client/auth", &right).await,
+        429,
+        "the guessing address stays slowed down"
+    );
+    assert_eq!(
+        post_from([127, 0, 0, 4], &server.addr, "/client/auth", &right).await,
+        200,
+        "alice logs in from elsewhere"
+    );
+    server.stop().await;
+}

@@ -94,7 +94,7 @@ pub async fn auth(
     validate_password(&body.password)?;
     let attempted = Instant::now();
     app.login_limiter
-        .attempt(&body.username, attempted)
+        .attempt(&body.username, peer.ip(), attempted)
         .inspect_err(|_| {
             app.metrics.login("locked_out");
             warn!(username = %body.username, from = %peer, "login refused: too many failed attempts for this username");
@@ -114,7 +114,7 @@ pub async fn auth(
         .await
         .and_then(|stored| stored)
         // Not a password guess (wrong server, unknown client): this attempt does not count.
-        .inspect_err(|_| app.login_limiter.undo(&body.username, attempted))?;
+        .inspect_err(|_| app.login_limiter.undo(&body.username, peer.ip(), attempted))?;
     if !verify_password(body.password, stored).await? {
         app.metrics.login("failed");
         warn!(username = %body.username, from = %peer, "login failed: wrong username or password");

@@ -6,6 +6,7 @@
 //! only their SHA-256.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -77,13 +78,43 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Slows down password guessing: after `max_failures` failed logins for one username within
-/// `window`, further attempts are refused until the oldest failure leaves the window. Kept
-/// in the primary's memory only: a failover resets it, which costs an attacker an election.
+/// Slows down password guessing without letting anyone lock a user out. Failures are
+/// counted per username *and source address*: after `per_source` failed logins for one
+/// username from one address within `window`, that address's further attempts for that
+/// username are refused until the oldest failure leaves the window, while the user can
+/// still log in from elsewhere. Across all sources a username takes `per_user` failures per
+/// window (a slower back-off against guessing from many addresses). A refused attempt is
+/// not counted, so one address hammering a username cannot fill the username's budget.
+/// Kept in the primary's memory only: a failover resets it, which costs an attacker an
+/// election.
 pub struct LoginLimiter {
-    max_failures: usize,
+    per_source: usize,
+    per_user: usize,
     window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    failures: Mutex<HashMap<String, UserFailures>>,
+}
+
+/// One username's recent failures: all of them, and by source address.
+#[derive(Default)]
+struct UserFailures {
+    all: VecDeque<Instant>,
+    by_source: HashMap<IpAddr, VecDeque<Instant>>,
+}
+
+impl UserFailures {
+    /// Drops the failures that left the window.
+    fn age(&mut self, now: Instant, window: Duration) {
+        let old = |t: &Instant| now.duration_since(*t) >= window;
+        while self.all.front().is_some_and(old) {
+            self.all.pop_front();
+        }
+        self.by_source.retain(|_, times| {
+            while times.front().is_some_and(old) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+    }
 }
 
 /// Usernames tracked at most; beyond it, entries whose failures all left the window go.
@@ -91,55 +122,68 @@ const MAX_TRACKED_USERNAMES: usize = 100_000;
 
 impl Default for LoginLimiter {
     fn default() -> Self {
-        LoginLimiter::new(10, Duration::from_secs(60))
+        LoginLimiter::new(10, 100, Duration::from_secs(60))
     }
 }
 
 impl LoginLimiter {
-    pub fn new(max_failures: usize, window: Duration) -> LoginLimiter {
+    pub fn new(per_source: usize, per_user: usize, window: Duration) -> LoginLimiter {
         LoginLimiter {
-            max_failures,
+            per_source,
+            per_user,
             window,
             failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Starts a login attempt for `username`: refused with 429 if it has too many recent
-    /// failures, else counted as a failure right away. Counting before the (slow) password
-    /// check means concurrent guesses cannot all slip in before the first is recorded; a
-    /// successful attempt clears the count with [`succeeded`](Self::succeeded).
-    pub fn attempt(&self, username: &str, now: Instant) -> Result<()> {
+    /// Starts a login attempt for `username` from `source`: refused with 429 if that
+    /// source, or the username over all sources, has too many recent failures; else
+    /// counted as a failure right away. Counting before the (slow) password check means
+    /// concurrent guesses cannot all slip in before the first is recorded; a successful
+    /// attempt clears the count with [`succeeded`](Self::succeeded).
+    pub fn attempt(&self, username: &str, source: IpAddr, now: Instant) -> Result<()> {
+        let window = self.window;
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() >= MAX_TRACKED_USERNAMES && !failures.contains_key(username) {
-            let window = self.window;
-            failures.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|&t| now.duration_since(t) < window)
+            failures.retain(|_, user| {
+                user.age(now, window);
+                !user.all.is_empty()
             });
         }
-        let times = failures.entry(username.to_string()).or_default();
-        while times
-            .front()
-            .is_some_and(|&t| now.duration_since(t) >= self.window)
-        {
-            times.pop_front();
-        }
-        if times.len() >= self.max_failures {
+        let user = failures.entry(username.to_string()).or_default();
+        user.age(now, window);
+        let refuse = |times: &VecDeque<Instant>| {
             let oldest = times.front().copied().unwrap_or(now);
-            let wait = self.window.saturating_sub(now.duration_since(oldest));
-            return Err(Error::TooManyRequests {
+            let wait = window.saturating_sub(now.duration_since(oldest));
+            Err(Error::TooManyRequests {
                 retry_after_secs: wait.as_secs().max(1),
-            });
+            })
+        };
+        let from_source = user.by_source.entry(source).or_default();
+        if from_source.len() >= self.per_source {
+            return refuse(from_source);
         }
-        times.push_back(now);
+        from_source.push_back(now);
+        if user.all.len() >= self.per_user {
+            if let Some(times) = user.by_source.get_mut(&source) {
+                times.pop_back();
+            }
+            return refuse(&user.all);
+        }
+        user.all.push_back(now);
         Ok(())
     }
 
     /// Takes back the attempt started at `at`, which turned out not to test a password.
-    pub fn undo(&self, username: &str, at: Instant) {
+    pub fn undo(&self, username: &str, source: IpAddr, at: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(times) = failures.get_mut(username)
+        let Some(user) = failures.get_mut(username) else {
+            return;
+        };
+        if let Some(position) = user.all.iter().rposition(|&t| t == at) {
+            user.all.remove(position);
+        }
+        if let Some(times) = user.by_source.get_mut(&source)
             && let Some(position) = times.iter().rposition(|&t| t == at)
         {
             times.remove(position);
@@ -179,16 +223,23 @@ mod tests {
         assert!(!verify_password("anything".into(), None).await.unwrap());
     }
 
-    /// Contract, Security: after at most 10 failures in a minute, further attempts get 429
-    /// with a Retry-After, until the failures age out.
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    /// Contract, Security: after at most 10 failures in a minute from one address, that
+    /// address's further attempts get 429 with a Retry-After, until the failures age out.
     #[test]
     fn limiter_refuses_after_ten_failures_in_a_minute() {
         let limiter = LoginLimiter::default();
         let start = Instant::now();
         for i in 0..10 {
-            assert!(limiter.attempt("mallory", start).is_ok(), "attempt {i}");
+            assert!(
+                limiter.attempt("mallory", ip(1), start).is_ok(),
+                "attempt {i}"
+            );
         }
-        let refused = limiter.attempt("mallory", start + Duration::from_secs(1));
+        let refused = limiter.attempt("mallory", ip(1), start + Duration::from_secs(1));
         assert_eq!(
             refused,
             Err(Error::TooManyRequests {
@@ -196,22 +247,53 @@ mod tests {
             })
         );
         assert!(
-            limiter.attempt("alice", start).is_ok(),
+            limiter.attempt("alice", ip(1), start).is_ok(),
             "other users are not affected"
         );
         assert!(
             limiter
-                .attempt("mallory", start + Duration::from_secs(61))
+                .attempt("mallory", ip(1), start + Duration::from_secs(61))
                 .is_ok()
         );
         limiter.succeeded("mallory");
         for _ in 0..10 {
             assert!(
                 limiter
-                    .attempt("mallory", start + Duration::from_secs(62))
+                    .attempt("mallory", ip(1), start + Duration::from_secs(62))
                     .is_ok()
             );
         }
+    }
+
+    /// Security: nobody can lock a user out. A thousand wrong guesses for alice from one
+    /// address are refused there after ten, and do not count against alice elsewhere.
+    #[test]
+    fn a_thousand_guesses_from_one_address_do_not_lock_alice_out_elsewhere() {
+        let limiter = LoginLimiter::default();
+        let start = Instant::now();
+        let refused = (0..1000)
+            .filter(|_| limiter.attempt("alice", ip(66), start).is_err())
+            .count();
+        assert_eq!(refused, 990);
+        assert!(limiter.attempt("alice", ip(7), start).is_ok());
+    }
+
+    /// Security: guesses spread over many addresses meet the slower back-off per username:
+    /// at most 100 counted failures a minute, whatever the sources.
+    #[test]
+    fn many_addresses_meet_the_per_user_back_off() {
+        let limiter = LoginLimiter::default();
+        let start = Instant::now();
+        for source in 0..100u8 {
+            assert!(limiter.attempt("alice", ip(source), start).is_ok());
+        }
+        assert!(limiter.attempt("alice", ip(200), start).is_err());
+        assert!(
+            limiter
+                .attempt("alice", ip(200), start + Duration::from_secs(60))
+                .is_ok(),
+            "the back-off ends with the window"
+        );
     }
 
     /// Tokens carry 128 random bits and are stored only as a hash.
