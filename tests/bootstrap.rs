@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::procs::{Cluster, READY_TIMEOUT, deadline, free_port, wait_until};
@@ -50,7 +50,7 @@ async fn an_unspecified_listen_address_needs_advertise() {
     let data = dir.path().join("data");
     let port = free_port();
     let server = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
         command
             .arg("server")
             .args(["--listen", &format!("0.0.0.0:{port}")])
@@ -61,25 +61,17 @@ async fn an_unspecified_listen_address_needs_advertise() {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         command
     };
 
-    let mut refused = server(&[]).spawn().expect("the server starts");
-    let until = deadline(READY_TIMEOUT);
-    let exit = loop {
-        if let Some(exit) = refused.try_wait().expect("its status") {
-            break exit;
-        }
-        if std::time::Instant::now() >= until {
-            let _ = refused.kill();
-            panic!("a server named 0.0.0.0 kept running");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut refused.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
+    let refused = server(&[]).spawn().expect("the server starts");
+    let output = tokio::time::timeout(READY_TIMEOUT, refused.wait_with_output())
+        .await
+        .expect("a server named 0.0.0.0 stops by itself")
+        .expect("its output");
+    let (exit, stderr) = (output.status, String::from_utf8_lossy(&output.stderr));
     assert!(!exit.success(), "refused with a failure");
     assert!(
         stderr.contains("--advertise"),
@@ -108,7 +100,6 @@ async fn an_unspecified_listen_address_needs_advertise() {
         },
     )
     .await;
-    let _ = serving.kill();
-    let _ = serving.wait();
+    let _ = serving.kill().await;
     assert_eq!(named, Some(advertise));
 }

@@ -5,6 +5,8 @@ mod support;
 
 use std::process::Command;
 
+use understudy::client::Client;
+
 use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until};
 
 /// Runs `understudy admin` with the given arguments; returns (success, stdout + stderr).
@@ -24,23 +26,29 @@ fn admin(cluster: &Cluster, servers: &str, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// Issue "Durability", must show 6: `admin remove` takes a dead server out of the
-/// configuration through the primary; the remaining two keep committing as a cluster of
-/// two; a new server joins in its place and receives everything.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_server_is_removed_and_replaced() {
+/// A cluster of three with one message on the board from a logged-in client, and one
+/// backup killed: (cluster, client, primary, the killed backup).
+async fn three_with_a_killed_backup() -> (Cluster, Client, usize, usize) {
     let mut cluster = Cluster::start(3).await;
     let client = logged_in_client(&cluster, "ops").await;
     client
         .send("before the removal")
         .await
         .expect("acknowledged");
-
     let primary = cluster.primary_index().await;
     let dead = cluster.backup_indexes().await[0];
+    cluster.kill(dead);
+    (cluster, client, primary, dead)
+}
+
+/// Issue "Durability", must show 6: `admin remove` takes a dead server out of the
+/// configuration through the primary; the remaining two keep committing as a cluster of
+/// two; a new server joins in its place and receives everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_server_is_removed_and_replaced() {
+    let (mut cluster, client, primary, dead) = three_with_a_killed_backup().await;
     let live = 3 - primary - dead;
     let dead_addr = cluster.addr(dead).to_string();
-    cluster.kill(dead);
 
     // Through a backup: the command follows the redirect to the primary.
     let (ok, out) = admin(
@@ -149,16 +157,8 @@ async fn dead_server_is_removed_and_replaced() {
 /// keeps running, becomes a member and receives everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_address_joins_again_with_an_empty_data_dir() {
-    let mut cluster = Cluster::start(3).await;
-    let client = logged_in_client(&cluster, "ops").await;
-    client
-        .send("before the removal")
-        .await
-        .expect("acknowledged");
-    let primary = cluster.primary_index().await;
-    let gone = cluster.backup_indexes().await[0];
+    let (mut cluster, client, primary, gone) = three_with_a_killed_backup().await;
     let gone_addr = cluster.addr(gone).to_string();
-    cluster.kill(gone);
     let (ok, out) = admin(
         &cluster,
         cluster.addr(primary),

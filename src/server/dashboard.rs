@@ -18,10 +18,13 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::AppState;
+use super::driver::ServerView;
 use super::events;
+use super::read_api::{peer_statuses, status_of};
 use crate::api::{PeerStatus, StatusResponse};
-use crate::app::{Tables, board, client_summaries};
+use crate::app::{board, client_summaries};
 use crate::client::http::HttpClient;
+use crate::error::Result;
 use crate::replication::NodeId;
 
 /// How often the page is updated.
@@ -113,49 +116,33 @@ type Local = (
     usize,
 );
 
-async fn view(app: &AppState, http: &HttpClient) -> Option<View> {
-    let local: Local = app
-        .driver
-        .query(|view| {
-            let node = view.node.status();
-            let counters = view.tables.counters().unwrap_or_default();
-            let from = counters.messages.saturating_sub(MESSAGES - 1).max(1);
-            let messages = board(view.tables, from, MESSAGES)
-                .unwrap_or_default()
-                .into_iter()
-                .rev()
-                .map(|p| Message {
-                    index: p.index,
-                    username: p.username,
-                    text: p.text,
-                })
-                .collect();
-            let clients = client_summaries(view.tables).unwrap_or_default();
-            let count = clients.len();
-            let status = StatusResponse {
-                id: node.id,
-                role: node.role.as_str().to_string(),
-                term: node.term,
-                primary: node.primary,
-                members: node.members,
-                commit_index: node.commit_index,
-                applied_index: view.applied,
-                last_index: node.last_index,
-                clients: counters.clients,
-                logged_in: counters.logged_in,
-                messages: counters.messages,
-                peers: Vec::new(),
-            };
-            (
-                status,
-                messages,
-                clients.into_iter().take(CLIENTS).collect(),
-                count,
-            )
+/// This server's own part of an update, read in one driver turn.
+fn local(view: &ServerView<'_>) -> Result<Local> {
+    let status = status_of(view)?;
+    let from = status.messages.saturating_sub(MESSAGES - 1).max(1);
+    let messages = board(view.tables, from, MESSAGES)?
+        .into_iter()
+        .rev()
+        .map(|p| Message {
+            index: p.index,
+            username: p.username,
+            text: p.text,
         })
-        .await
-        .ok()?;
-    let (mut own, messages, clients, client_count) = local;
+        .collect();
+    let clients = client_summaries(view.tables)?;
+    let count = clients.len();
+    Ok((
+        status,
+        messages,
+        clients.into_iter().take(CLIENTS).collect(),
+        count,
+    ))
+}
+
+/// An update, or `None` when this server cannot give one (it is stopping, or its store
+/// cannot be read): the stream ends, and the page reconnects.
+async fn view(app: &AppState, http: &HttpClient) -> Option<View> {
+    let (mut own, messages, clients, client_count) = app.driver.query(local).await.ok()?.ok()?;
     let others: Vec<NodeId> = own
         .members
         .iter()
@@ -173,20 +160,8 @@ async fn view(app: &AppState, http: &HttpClient) -> Option<View> {
         }
     }))
     .await;
-    // Our own peers' progress (lag, last contact) as `/status` gives it.
     if let Ok(snapshot) = app.driver.snapshot().await {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        own.peers = snapshot
-            .peers
-            .into_iter()
-            .map(|peer| PeerStatus {
-                lag_entries: peer.matched.map(|m| snapshot.last_index.saturating_sub(m)),
-                match_index: peer.matched,
-                lag_ms: peer.lag.map(ms),
-                last_heard_ms: peer.heard_ago.map(ms),
-                id: peer.id,
-            })
-            .collect();
+        own.peers = peer_statuses(&snapshot);
     }
     let mut members = vec![Member {
         id: app.id.clone(),

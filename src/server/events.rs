@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -24,9 +23,7 @@ pub struct Events(Arc<Mutex<VecDeque<Event>>>);
 
 impl Events {
     pub fn push(&self, text: String) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at_ms = super::unix_millis();
         let mut events = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() == KEPT {
             events.pop_front();

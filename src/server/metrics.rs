@@ -289,14 +289,14 @@ impl Metrics {
         self.0
             .elections
             .get_or_create(&CauseLabel {
-                cause: cause_name(cause),
+                cause: cause.name(),
             })
             .inc();
     }
 
     /// The primary this server knows changed: elected here for `cause`, or elsewhere.
     pub fn leader_changed(&self, cause: Option<&ElectionCause>) {
-        let cause = cause.map_or("other_server", cause_name);
+        let cause = cause.map_or("other_server", ElectionCause::name);
         self.0
             .leader_changes
             .get_or_create(&CauseLabel { cause })
@@ -401,13 +401,4 @@ impl Metrics {
 
 fn gauge(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn cause_name(cause: &ElectionCause) -> &'static str {
-    match cause {
-        ElectionCause::ConnectionLost { .. } => "connection_lost",
-        ElectionCause::Silent { .. } => "silent",
-        ElectionCause::HandOver { .. } => "hand_over",
-        ElectionCause::Bootstrap => "bootstrap",
-    }
 }

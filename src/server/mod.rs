@@ -234,20 +234,23 @@ pub async fn serve_until(
     }
     // A data dir made to join never starts a cluster of its own: without --join it goes on
     // joining the members it was given first.
-    let mut join = config.join.clone();
-    if fresh && !join.is_empty() {
-        save_join_targets(&config.data_dir, &join)?;
-    } else if fresh {
-        join = load_join_targets(&config.data_dir)?;
-        if !join.is_empty() {
-            info!(members = ?join, "this data dir was made to join a cluster and has not joined yet; joining the members it was given");
+    // What this data dir remembers of joining: whom (a data dir made to join never starts a
+    // cluster of its own; without --join it goes on joining them), and since when it is a
+    // member (removals of its address before that were of an earlier server; see
+    // `Replica::joined`).
+    let remembered = load_join_targets(&config.data_dir)?;
+    let join = if fresh && !config.join.is_empty() {
+        save_join_targets(&config.data_dir, &config.join)?;
+        config.join.clone()
+    } else {
+        if fresh && !remembered.is_empty() {
+            info!(members = ?remembered, "this data dir was made to join a cluster and has not joined yet; joining the members it was given");
         }
-    }
-    // Since when this server is a member, if it joined: removals of its address before
-    // that were of an earlier server (see `Replica::joined`).
+        remembered
+    };
     if let Some(since) = load_member_since(&config.data_dir)? {
         replica.joined(since);
-    } else if !join.is_empty() || !load_join_targets(&config.data_dir)?.is_empty() {
+    } else if !join.is_empty() {
         replica.start_joining();
     }
     if fresh && join.is_empty() {
@@ -347,6 +350,18 @@ pub async fn serve_until(
         Err(_) => warn!("open connections did not close in time"),
     }
     driven
+}
+
+/// Whole milliseconds, as a number that logs and serializes as one.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch, for times shown to people.
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis)
 }
 
 /// A server's name is how peers and clients reach it; an unspecified address (`0.0.0.0`,

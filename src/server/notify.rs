@@ -52,9 +52,7 @@ pub struct Told(Arc<Mutex<std::collections::HashMap<String, (Term, u64)>>>);
 
 impl Told {
     fn record(&self, address: &str, term: Term) {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at_ms = super::unix_millis();
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -7,6 +7,8 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 
 use super::AppState;
+use super::metrics::Snapshot;
+use super::millis;
 use crate::api::{
     ClientInfo, ClientsResponse, DEFAULT_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT, MessageInfo,
     MessagesQuery, MessagesResponse, PeerStatus, ReadQuery, StatusResponse,
@@ -33,43 +35,48 @@ pub async fn status(
     RawQuery(query): RawQuery,
 ) -> Result<Json<StatusResponse>> {
     let query = read_query(query.as_deref().unwrap_or(""))?;
-    let status = read_state(&app.driver, query.consistent, |view| {
-        let node = view.node.status();
-        let counters = view.tables.counters()?;
-        Ok::<_, Error>(StatusResponse {
-            id: node.id,
-            role: node.role.as_str().to_string(),
-            term: node.term,
-            primary: node.primary,
-            members: node.members,
-            commit_index: node.commit_index,
-            applied_index: view.applied,
-            last_index: node.last_index,
-            clients: counters.clients,
-            logged_in: counters.logged_in,
-            messages: counters.messages,
-            peers: Vec::new(),
-        })
-    })
-    .await??;
-    let mut status = status;
+    let mut status = read_state(&app.driver, query.consistent, status_of).await??;
     // Best effort: the peers' progress is an operator's view, not part of the answer's
     // consistency.
     if let Ok(snapshot) = app.driver.snapshot().await {
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        status.peers = snapshot
-            .peers
-            .into_iter()
-            .map(|peer| PeerStatus {
-                lag_entries: peer.matched.map(|m| snapshot.last_index.saturating_sub(m)),
-                match_index: peer.matched,
-                lag_ms: peer.lag.map(ms),
-                last_heard_ms: peer.heard_ago.map(ms),
-                id: peer.id,
-            })
-            .collect();
+        status.peers = peer_statuses(&snapshot);
     }
     Ok(Json(status))
+}
+
+/// This server's `/status`, without its peers (see [`peer_statuses`]).
+pub(super) fn status_of(view: &ServerView<'_>) -> Result<StatusResponse> {
+    let node = view.node.status();
+    let counters = view.tables.counters()?;
+    Ok(StatusResponse {
+        id: node.id,
+        role: node.role.as_str().to_string(),
+        term: node.term,
+        primary: node.primary,
+        members: node.members,
+        commit_index: node.commit_index,
+        applied_index: view.applied,
+        last_index: node.last_index,
+        clients: counters.clients,
+        logged_in: counters.logged_in,
+        messages: counters.messages,
+        peers: Vec::new(),
+    })
+}
+
+/// What the server knows of its peers, as `/status` reports it.
+pub(super) fn peer_statuses(snapshot: &Snapshot) -> Vec<PeerStatus> {
+    snapshot
+        .peers
+        .iter()
+        .map(|peer| PeerStatus {
+            id: peer.id.clone(),
+            match_index: peer.matched,
+            lag_entries: peer.matched.map(|m| snapshot.last_index.saturating_sub(m)),
+            lag_ms: peer.lag.map(millis),
+            last_heard_ms: peer.heard_ago.map(millis),
+        })
+        .collect()
 }
 
 pub async fn clients(

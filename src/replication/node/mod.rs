@@ -81,6 +81,18 @@ pub enum ElectionCause {
     Bootstrap,
 }
 
+impl ElectionCause {
+    /// A short name of the cause, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ElectionCause::ConnectionLost { .. } => "connection_lost",
+            ElectionCause::Silent { .. } => "silent",
+            ElectionCause::HandOver { .. } => "hand_over",
+            ElectionCause::Bootstrap => "bootstrap",
+        }
+    }
+}
+
 /// Names a read waiting for its confirmation round (ReadIndex).
 pub type ReadId = u64;
 

@@ -22,6 +22,15 @@ impl Node {
         &self.opts
     }
 
+    /// The highest index known durable on `peer` (primary only): a lookup, for the write
+    /// path, where [`peers`](Self::peers) would copy every member.
+    pub fn match_index(&self, peer: &NodeId) -> Option<Index> {
+        match &self.role {
+            Role::Primary(primary) => primary.progress.get(peer).map(|p| p.matched),
+            _ => None,
+        }
+    }
+
     /// Every other member, with what this server knows of it: on the primary, each backup's
     /// progress; on a backup, when the primary was last heard.
     pub fn peers(&self) -> Vec<PeerView> {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::metrics::{Metrics, PeerSnapshot, Snapshot};
+use super::millis;
 use super::notify::Notifier;
 use super::peers::Peers;
 use super::persist::{WorkItem, WorkerEvent};
@@ -561,10 +562,13 @@ impl Driver {
         }
         self.io.printer.end_round();
         if self.round_trips.waiting() {
-            let peers = self.replica.node().peers();
+            let node = self.replica.node();
             let metrics = &self.io.metrics;
-            self.round_trips
-                .acknowledged(&peers, Instant::now(), |took| metrics.round_trip(took));
+            self.round_trips.acknowledged(
+                |id| node.match_index(id),
+                Instant::now(),
+                |took| metrics.round_trip(took),
+            );
         }
         Ok(())
     }
@@ -575,10 +579,6 @@ impl Driver {
         let status = node.status();
         let counters = self.replica.tables().counters()?;
         let now = Instant::now();
-        let ticks = |n: u64| {
-            self.tick
-                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
-        };
         Ok(Snapshot {
             role: Some(status.role),
             term: status.term,
@@ -591,7 +591,7 @@ impl Driver {
                 .into_iter()
                 .map(|peer| PeerSnapshot {
                     lag: peer.matched.map(|_| self.round_trips.lag(&peer.id, now)),
-                    heard_ago: peer.heard_ticks_ago.map(ticks),
+                    heard_ago: peer.heard_ticks_ago.map(|n| ticks(self.tick, n)),
                     matched: peer.matched,
                     id: peer.id,
                 })
@@ -604,53 +604,57 @@ impl Driver {
     }
 }
 
-/// An election's cause in words, for the dashboard.
+/// `n` ticks of length `tick`.
+fn ticks(tick: Duration, n: u64) -> Duration {
+    tick.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// An election's cause in words, for the log and the dashboard.
 fn describe(cause: &ElectionCause, tick: Duration) -> String {
-    let ms = |ticks: &u32| u64::from(*ticks) * u64::try_from(tick.as_millis()).unwrap_or(u64::MAX);
+    let ms = |n: &u32| millis(ticks(tick, u64::from(*n)));
     match cause {
         ElectionCause::ConnectionLost { primary, ticks } => format!(
-            "the connection from {primary} was lost (last heard {} ms before)",
+            "the connection from the primary {primary} was lost (last heard {} ms before)",
             ms(ticks)
         ),
         ElectionCause::Silent { ticks, primary } => format!(
             "no primary heard from for {} ms (the last known was {})",
             ms(ticks),
-            primary.as_deref().unwrap_or("none")
+            primary.as_deref().unwrap_or("none known")
         ),
-        ElectionCause::HandOver { from } => format!("{from} handed its office over"),
+        ElectionCause::HandOver { from } => format!("the primary {from} handed its office over"),
         ElectionCause::Bootstrap => "a new cluster starts".to_string(),
     }
 }
 
 /// Every election is logged with its cause, the primary it replaces and how long that
-/// primary was silent.
+/// primary was silent: in the words of [`describe`], and as fields.
 fn log_election(term: Term, cause: &ElectionCause, tick: Duration) {
-    let ms = |ticks: &u32| u64::from(*ticks) * u64::try_from(tick.as_millis()).unwrap_or(u64::MAX);
-    match cause {
+    let ms = |n: &u32| millis(ticks(tick, u64::from(*n)));
+    let (old_primary, silent_ms) = match cause {
         ElectionCause::ConnectionLost { primary, ticks } => {
-            let silent_ms = ms(ticks);
-            warn!(
-                term,
-                cause = "connection_lost",
-                old_primary = %primary,
-                silent_ms,
-                "starting an election: the connection from the primary {primary} was lost (last heard {silent_ms} ms before)"
-            )
+            (Some(primary.as_str()), Some(ms(ticks)))
         }
-        ElectionCause::Silent { ticks, primary } => {
-            let silent_ms = ms(ticks);
-            let old = primary.as_deref().unwrap_or("none known");
-            warn!(
-                term,
-                cause = "silent",
-                old_primary = old,
-                silent_ms,
-                "starting an election: no primary heard from for {silent_ms} ms (the last known was {old})"
-            )
-        }
-        ElectionCause::HandOver { from } => {
-            info!(term, cause = "hand_over", old_primary = %from, "starting an election: the primary {from} handed over")
-        }
-        ElectionCause::Bootstrap => {}
+        ElectionCause::Silent { ticks, primary } => (primary.as_deref(), Some(ms(ticks))),
+        ElectionCause::HandOver { from } => (Some(from.as_str()), None),
+        ElectionCause::Bootstrap => return,
+    };
+    let text = describe(cause, tick);
+    let name = cause.name();
+    if matches!(cause, ElectionCause::HandOver { .. }) {
+        info!(
+            term,
+            cause = name,
+            old_primary,
+            "starting an election: {text}"
+        );
+    } else {
+        warn!(
+            term,
+            cause = name,
+            old_primary,
+            silent_ms,
+            "starting an election: {text}"
+        );
     }
 }

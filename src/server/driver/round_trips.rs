@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::replication::{Index, NodeId, PeerView};
+use crate::replication::{Index, NodeId};
 
 /// Sends remembered per backup at most: a backup that stops answering stops getting
 /// entries once the window is full, so this bound is only a guard.
@@ -21,9 +21,14 @@ pub struct RoundTrips {
 impl RoundTrips {
     /// Entries up to `last` left for `to` at `at`.
     pub fn sent(&mut self, to: &NodeId, last: Index, at: Instant) {
-        let sends = self.pending.entry(to.clone()).or_default();
-        if sends.len() < MAX_PENDING {
-            sends.push_back((last, at));
+        // No copy of the name per send: only a backup's first send inserts it.
+        match self.pending.get_mut(to) {
+            Some(sends) if sends.len() >= MAX_PENDING => {}
+            Some(sends) => sends.push_back((last, at)),
+            None => {
+                self.pending
+                    .insert(to.clone(), VecDeque::from([(last, at)]));
+            }
         }
     }
 
@@ -32,17 +37,17 @@ impl RoundTrips {
         self.pending.values().any(|sends| !sends.is_empty())
     }
 
-    /// Takes the sends that `peers`' match indexes now cover, calling `done` with each
-    /// round trip; forgets backups that are no longer peers (or whose progress is unknown,
-    /// as on a server that is not the primary).
+    /// Takes the sends that the backups' match indexes (`matched`) now cover, calling
+    /// `done` with each round trip; forgets backups whose progress is unknown (no longer
+    /// members, or this server is no longer the primary).
     pub fn acknowledged(
         &mut self,
-        peers: &[PeerView],
+        matched: impl Fn(&NodeId) -> Option<Index>,
         now: Instant,
         mut done: impl FnMut(Duration),
     ) {
         self.pending.retain(|id, sends| {
-            let Some(matched) = peers.iter().find(|p| p.id == *id).and_then(|p| p.matched) else {
+            let Some(matched) = matched(id) else {
                 return false;
             };
             while let Some(&(last, at)) = sends.front() {
@@ -69,12 +74,11 @@ impl RoundTrips {
 mod tests {
     use super::*;
 
-    fn peer(id: &str, matched: Option<Index>) -> PeerView {
-        PeerView {
-            id: id.to_string(),
-            matched,
-            heard_ticks_ago: None,
-        }
+    /// The match indexes of the backups in `known`, as the node would give them.
+    fn matched(known: &[(&str, Index)]) -> impl Fn(&NodeId) -> Option<Index> {
+        let known: Vec<(String, Index)> =
+            known.iter().map(|(id, m)| (id.to_string(), *m)).collect();
+        move |id| known.iter().find(|(k, _)| k == id).map(|(_, m)| *m)
     }
 
     /// An acknowledgement covering a send ends its round trip; the oldest send still
@@ -88,9 +92,7 @@ mod tests {
         trips.sent(&"b".to_string(), 9, ms(2));
         trips.sent(&"c".to_string(), 5, ms(1));
         let mut seen = Vec::new();
-        trips.acknowledged(&[peer("b", Some(7)), peer("c", Some(4))], ms(3), |d| {
-            seen.push(d)
-        });
+        trips.acknowledged(matched(&[("b", 7), ("c", 4)]), ms(3), |d| seen.push(d));
         assert_eq!(seen, vec![Duration::from_millis(3)]);
         assert_eq!(
             trips.lag(&"b".to_string(), ms(10)),
@@ -100,7 +102,7 @@ mod tests {
             trips.lag(&"c".to_string(), ms(10)),
             Duration::from_millis(9)
         );
-        trips.acknowledged(&[peer("b", Some(9))], ms(4), |d| seen.push(d));
+        trips.acknowledged(matched(&[("b", 9)]), ms(4), |d| seen.push(d));
         assert_eq!(seen.len(), 2);
         assert!(
             !trips.waiting(),

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::ticks;
 use crate::replication::{Node, NodeId};
+use crate::server::millis;
 
 #[derive(Default)]
 pub struct Silence {
@@ -24,7 +26,6 @@ impl Silence {
             return;
         }
         let limit = u64::from(node.options().election_ticks);
-        let ticks = |n: u64| tick.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let peers = node.peers();
         self.silent
             .retain(|id, _| peers.iter().any(|peer| peer.id == *id));
@@ -34,7 +35,7 @@ impl Silence {
             };
             match self.silent.get(&peer.id) {
                 None if ago >= limit => {
-                    let silent_ms = millis(ticks(ago));
+                    let silent_ms = millis(ticks(tick, ago));
                     warn!(
                         peer = %peer.id,
                         silent_ms,
@@ -42,7 +43,7 @@ impl Silence {
                         peer.id
                     );
                     self.silent
-                        .insert(peer.id, now.checked_sub(ticks(ago)).unwrap_or(now));
+                        .insert(peer.id, now.checked_sub(ticks(tick, ago)).unwrap_or(now));
                 }
                 Some(since) if ago < limit => {
                     let silent_ms = millis(now.saturating_duration_since(*since));
@@ -58,9 +59,4 @@ impl Silence {
             }
         }
     }
-}
-
-/// Whole milliseconds, as a number that logs as one (JSON included).
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
