@@ -29,6 +29,9 @@ pub enum Error {
     /// The body is larger than the bound.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The request's body did not arrive within the server's read timeout.
+    #[error("request timeout: the body did not arrive in time")]
+    RequestTimeout,
     /// Too many failed attempts; try again after the given number of seconds.
     #[error("too many requests, retry after {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },

@@ -21,11 +21,14 @@ pub mod app;
 mod atomic_file;
 pub mod client;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod replica;
 pub mod replication;
 pub mod server;
 #[cfg(test)]
 mod sim;
 pub mod storage;
+pub mod tls;
 
 pub use error::{Error, Result};

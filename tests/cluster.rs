@@ -264,7 +264,7 @@ async fn three_real_servers_replicate_the_happy_path() {
 }
 
 /// CONTRACT "Where requests go": a backup that receives a client request answers 307 with
-/// `Location: http://HOST:PORT/<same path>` of the primary and body
+/// `Location: http(s)://HOST:PORT/<same path>` of the primary and body
 /// `{"error": "not_primary", "message": "...", "primary": "HOST:PORT"}`; and it stores
 /// nothing.
 #[tokio::test]
@@ -273,6 +273,11 @@ async fn a_request_to_a_backup_is_redirected() {
     let primary = cluster.primary_index().await;
     let primary_addr = cluster.addr(primary).to_string();
     let mut session = Session::open(&cluster, primary, 40_124, "bob", "bob's password").await;
+    let scheme = if cluster.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
 
     for backup in cluster.backup_indexes().await {
         let answer = session
@@ -286,7 +291,7 @@ async fn a_request_to_a_backup_is_redirected() {
             .unwrap_or_else(|| panic!("backup {backup} sent no Location"));
         assert_eq!(
             location,
-            format!("http://{primary_addr}/client/demo-message")
+            format!("{scheme}://{primary_addr}/client/demo-message")
         );
         let body: Value = serde_json::from_slice(&answer.body).expect("a JSON body");
         assert_eq!(body["error"], "not_primary", "{body}");
@@ -314,7 +319,7 @@ async fn a_request_to_a_backup_is_redirected() {
         let location = answer.headers.get("location").and_then(|v| v.to_str().ok());
         assert_eq!(
             location,
-            Some(format!("http://{primary_addr}{path}").as_str())
+            Some(format!("{scheme}://{primary_addr}{path}").as_str())
         );
     }
 

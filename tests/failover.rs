@@ -189,7 +189,9 @@ async fn paused_primary_steps_down_without_two_primaries_in_a_term() {
     let addrs = cluster.addrs();
     let watcher = tokio::spawn({
         let (watching, primaries) = (watching.clone(), primaries.clone());
-        let http = understudy::client::HttpClient::with_timeout(Duration::from_millis(200));
+        let http = cluster
+            .http()
+            .with_request_timeout(Duration::from_millis(200));
         async move {
             while watching.load(Ordering::Relaxed) {
                 for addr in &addrs {

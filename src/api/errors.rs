@@ -11,6 +11,7 @@
 //! | `MethodNotAllowed` | 405 | `method_not_allowed` |
 //! | `Conflict` | 409 | `conflict` |
 //! | `PayloadTooLarge` | 413 | `payload_too_large` |
+//! | `RequestTimeout` | 408 | `request_timeout` |
 //! | `TooManyRequests` | 429 (+ `Retry-After`) | `too_many_requests` |
 //! | `NotPrimary` | 307 (+ `Location`, `primary`) | `not_primary` |
 //! | `NoPrimary` | 503 (+ `Retry-After: 1`) | `no_primary` |
@@ -36,6 +37,7 @@ pub fn status(err: &Error) -> u16 {
         Error::MethodNotAllowed => 405,
         Error::Conflict(_) => 409,
         Error::PayloadTooLarge => 413,
+        Error::RequestTimeout => 408,
         Error::TooManyRequests { .. } => 429,
         Error::NotPrimary { .. } => 307,
         Error::NoPrimary | Error::Unavailable(_) => 503,
@@ -53,6 +55,7 @@ pub fn code(err: &Error) -> &'static str {
         Error::MethodNotAllowed => "method_not_allowed",
         Error::Conflict(_) => "conflict",
         Error::PayloadTooLarge => "payload_too_large",
+        Error::RequestTimeout => "request_timeout",
         Error::TooManyRequests { .. } => "too_many_requests",
         Error::NotPrimary { .. } => "not_primary",
         Error::NoPrimary => "no_primary",
@@ -111,6 +114,7 @@ impl ErrorBody {
             "method_not_allowed" => Error::MethodNotAllowed,
             "conflict" => Error::Conflict(message),
             "payload_too_large" => Error::PayloadTooLarge,
+            "request_timeout" => Error::RequestTimeout,
             "too_many_requests" => Error::TooManyRequests {
                 retry_after_secs: self.retry_after_ms.unwrap_or(1000).div_ceil(1000),
             },
@@ -147,6 +151,7 @@ pub fn from_status(
         404 => Error::NotFound(text),
         405 => Error::MethodNotAllowed,
         409 => Error::Conflict(text),
+        408 => Error::RequestTimeout,
         413 => Error::PayloadTooLarge,
         429 => Error::TooManyRequests {
             retry_after_secs: retry_after_secs.unwrap_or(1),
@@ -171,6 +176,7 @@ mod tests {
             Error::MethodNotAllowed,
             Error::Conflict("c".into()),
             Error::PayloadTooLarge,
+            Error::RequestTimeout,
             Error::TooManyRequests {
                 retry_after_secs: 7,
             },

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::client_tls::ClientTlsArgs;
 use super::cluster_status::ClusterStatus;
 use super::secret::SecretArgs;
 use understudy::api::{
@@ -26,6 +27,8 @@ pub struct AdminArgs {
     /// The cluster secret (needed for changes).
     #[command(flatten)]
     secret: SecretArgs,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -62,7 +65,7 @@ async fn run_command(args: AdminArgs) -> Result<()> {
     if args.servers.is_empty() {
         anyhow::bail!("no servers: pass --servers HOST:PORT[,HOST:PORT...]");
     }
-    let http = HttpClient::with_timeout(Duration::from_secs(2));
+    let http = HttpClient::with_tls(Duration::from_secs(2), args.tls.config()?);
     match &args.command {
         AdminCommand::Status => status(&http, &args.servers, args.json).await,
         AdminCommand::Remove { server } => {

@@ -78,6 +78,14 @@ pub(super) struct ClusterArgs {
     /// The servers' --compact-every (their default if not given).
     #[arg(long)]
     pub compact_every: Option<u64>,
+    /// Run the cluster with TLS (mutual TLS between the servers, throw-away certificates);
+    /// the clients speak HTTPS.
+    #[arg(long)]
+    pub tls: bool,
+    /// The servers' --inits-per-minute. Default 0 (no limit): a benchmark registers all its
+    /// clients from one address.
+    #[arg(long, default_value_t = 0)]
+    pub inits_per_minute: u32,
 }
 
 impl ClusterArgs {
@@ -98,6 +106,10 @@ impl ClusterArgs {
         if let Some(entries) = self.compact_every {
             args.extend(["--compact-every".to_string(), entries.to_string()]);
         }
+        args.extend([
+            "--inits-per-minute".to_string(),
+            self.inits_per_minute.to_string(),
+        ]);
         args
     }
 
@@ -131,18 +143,22 @@ pub(super) async fn start_cluster(args: &ClusterArgs) -> Result<(tempfile::TempD
         .prefix("understudy-bench-")
         .tempdir()?;
     let mut cluster = LocalCluster::new(dir.path(), args.nodes, args.server_args(), None)?;
+    if args.tls {
+        cluster.enable_tls()?;
+    }
     cluster.start_all(WAIT_LIMIT).await?;
     Ok((dir, cluster))
 }
 
 /// A client registered and logged in as a fresh user.
-pub(super) async fn logged_in_client(servers: Vec<String>, user: &str) -> Result<Client> {
+pub(super) async fn logged_in_client(cluster: &LocalCluster, user: &str) -> Result<Client> {
     let options = ClientOptions {
         listen: "127.0.0.1:0".parse()?,
         retry_for: Duration::from_secs(30),
+        tls: cluster.client_tls(),
         ..ClientOptions::default()
     };
-    let client = Client::connect(servers, options).await?;
+    let client = Client::connect(cluster.addrs(), options).await?;
     let password = format!("pw-{}", hex_token());
     client.register(user, &password).await?;
     client.login(user, &password).await?;
@@ -154,7 +170,7 @@ pub(super) async fn logged_in_client(servers: Vec<String>, user: &str) -> Result
 pub(super) async fn logged_in_clients(cluster: &LocalCluster, count: usize) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(count);
     for i in 0..count {
-        clients.push(logged_in_client(cluster.addrs(), &format!("user{i}")).await?);
+        clients.push(logged_in_client(cluster, &format!("user{i}")).await?);
     }
     Ok(clients)
 }

@@ -43,7 +43,7 @@ pub(super) async fn run(args: FailoverArgs) -> Result<()> {
     if cluster.servers.len() < 3 {
         bail!("a failover needs at least 3 servers");
     }
-    let client = Arc::new(logged_in_client(cluster.addrs(), "writer").await?);
+    let client = Arc::new(logged_in_client(&cluster, "writer").await?);
 
     // The writer: acknowledged writes with their time, until the bench ends (bounded).
     // Each acknowledged write with its time and the primary that acknowledged it.

@@ -47,7 +47,7 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
     drop(heard_tx);
 
     let primary = cluster.primary().await?;
-    let http = HttpClient::with_timeout(Duration::from_secs(10));
+    let http = HttpClient::with_tls(Duration::from_secs(10), cluster.client_tls());
     let slots = Arc::new(Semaphore::new(PARALLEL_INITS));
     let started = Instant::now();
     let inits = ports.iter().map(|&port| {

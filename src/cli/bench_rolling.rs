@@ -27,7 +27,7 @@ pub(super) async fn run(args: RollingArgs) -> Result<()> {
     if cluster.servers.len() < 3 {
         bail!("a rolling restart needs at least 3 servers");
     }
-    let client = Arc::new(logged_in_client(cluster.addrs(), "writer").await?);
+    let client = Arc::new(logged_in_client(&cluster, "writer").await?);
     let failed = Arc::new(AtomicU64::new(0));
     let (acks_tx, mut acks) = mpsc::unbounded_channel::<Instant>();
     let writer = {

@@ -16,6 +16,7 @@ use understudy::Error;
 use understudy::client::{Client, ClientOptions, SavedSession, saved};
 
 use super::client_output::{clients_table, messages_table, status_details};
+use super::client_tls::ClientTlsArgs;
 use super::cluster_status::ClusterStatus;
 use super::password::read_password;
 use super::shell_input::ShellInput;
@@ -50,6 +51,9 @@ pub struct ClientArgs {
     /// Print answers as JSON instead of text (errors too, as `{"error": ...}`).
     #[arg(long, global = true)]
     json: bool,
+
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 
     #[command(subcommand)]
     command: ClientCommand,
@@ -143,6 +147,7 @@ async fn run_command(args: ClientArgs) -> anyhow::Result<()> {
             listen: args.listen.unwrap_or_else(|| listen_toward(&servers[0])),
             retry_for: Duration::from_millis(args.retry_ms),
             request_timeout: Duration::from_millis(args.timeout_ms),
+            tls: args.tls.config()?,
             ..ClientOptions::default()
         },
         json: args.json,
@@ -267,7 +272,10 @@ impl Cli {
             return self.print(&status, status_details(&status));
         }
         // Every server given and every member they name, each asked directly.
-        let http = understudy::client::HttpClient::with_timeout(self.options.request_timeout);
+        let http = understudy::client::HttpClient::with_tls(
+            self.options.request_timeout,
+            self.options.tls.clone(),
+        );
         let cluster = ClusterStatus::gather(&http, &client.servers()).await;
         self.print(&cluster.json(), cluster.table())?;
         if cluster.primary().is_none() {

@@ -27,6 +27,10 @@ pub struct DemoArgs {
     /// logs) is kept too.
     #[arg(long)]
     keep: bool,
+    /// Run everything over TLS: a throw-away CA and certificates are made for the demo,
+    /// the servers use mutual TLS between them and the client speaks HTTPS.
+    #[arg(long)]
+    tls: bool,
 }
 
 const SERVERS: usize = 3;
@@ -40,7 +44,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("understudy demo: {SERVERS} servers on loopback, one client, a failover");
     println!("  (data and server logs in {})", dir.path().display());
     let (lines_tx, lines) = mpsc::unbounded_channel();
-    let cluster = LocalCluster::new(dir.path(), SERVERS, Vec::new(), Some(lines_tx))?;
+    let mut cluster = LocalCluster::new(dir.path(), SERVERS, Vec::new(), Some(lines_tx))?;
+    if args.tls {
+        let ca = cluster.enable_tls()?;
+        println!(
+            "  TLS on: a throw-away CA ({}) signed one certificate for 127.0.0.1;",
+            ca.display()
+        );
+        println!("  the servers require it of each other (mutual TLS), the client trusts the CA");
+    }
     let mut demo = Demo {
         cluster,
         lines,
@@ -49,7 +61,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let result = demo.script(&args).await;
     if args.keep && result.is_ok() {
         println!(
-            "\n== the cluster stays up: watch it at http://{}/ (every server has the dashboard);\n   kill servers and see the failover there; Ctrl-C to stop",
+            "\n== the cluster stays up: watch it at {}://{}/ (every server has the dashboard);\n   kill servers and see the failover there; Ctrl-C to stop",
+            demo.cluster.scheme(),
             demo.cluster.addrs()[0]
         );
         let _ = tokio::signal::ctrl_c().await;
@@ -85,13 +98,15 @@ impl Demo {
         let primary = self.cluster.primary().await?;
         println!("  cluster ready: primary {primary}, members {addrs:?}");
         println!(
-            "  live dashboard: http://{}/ (on every server; --keep leaves the cluster up to watch it)",
+            "  live dashboard: {}://{}/ (on every server; --keep leaves the cluster up to watch it)",
+            self.cluster.scheme(),
             addrs[0]
         );
 
         println!("\n== a client introduces itself, registers and logs in");
         let options = ClientOptions {
             listen: "127.0.0.1:0".parse()?,
+            tls: self.cluster.client_tls(),
             ..ClientOptions::default()
         };
         let client = Client::connect(addrs.clone(), options).await?;

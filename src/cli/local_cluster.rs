@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -12,6 +13,8 @@ use tokio::sync::mpsc;
 
 use understudy::api::StatusResponse;
 use understudy::client::HttpClient;
+use understudy::tls::dev::Authority;
+use understudy::tls::{self, TlsClientConfig};
 
 /// One server of the cluster.
 pub struct LocalServer {
@@ -52,6 +55,8 @@ pub struct LocalCluster {
     /// Extra flags for every server (timings).
     server_args: Vec<String>,
     http: HttpClient,
+    /// Under TLS: what clients of this cluster trust.
+    client_tls: Option<Arc<TlsClientConfig>>,
     /// Where the servers' stdout lines go, as (server number, line); `None` discards them.
     lines: Option<mpsc::UnboundedSender<(usize, String)>>,
 }
@@ -78,8 +83,47 @@ impl LocalCluster {
             servers,
             server_args,
             http: HttpClient::with_timeout(Duration::from_secs(1)),
+            client_tls: None,
             lines,
         })
+    }
+
+    /// Makes the servers speak TLS, with mutual TLS between them: a throw-away CA and one
+    /// certificate for 127.0.0.1 that every server uses, written to `tls/` in the cluster's
+    /// directory. Call before starting any server.
+    pub fn enable_tls(&mut self) -> Result<PathBuf> {
+        let authority = Authority::new("understudy local CA")?;
+        let files = authority.write_server_files(
+            &self.dir.join("tls"),
+            "server",
+            &["127.0.0.1", "localhost"],
+        )?;
+        for (flag, path) in [
+            ("--tls-cert", &files.cert),
+            ("--tls-key", &files.key),
+            ("--tls-client-ca", &files.client_ca),
+        ] {
+            self.server_args.push(flag.to_string());
+            self.server_args.push(path.display().to_string());
+        }
+        let client = tls::client_config(&files.client_ca)?;
+        self.http = HttpClient::with_tls(Duration::from_secs(1), Some(client.clone()));
+        self.client_tls = Some(client);
+        Ok(files.client_ca)
+    }
+
+    /// What a client of this cluster needs for TLS (none for plain HTTP).
+    pub fn client_tls(&self) -> Option<Arc<TlsClientConfig>> {
+        self.client_tls.clone()
+    }
+
+    /// `https` or `http`, for addresses shown to people.
+    pub fn scheme(&self) -> &'static str {
+        if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn addrs(&self) -> Vec<String> {

@@ -13,6 +13,7 @@ mod bench_throughput;
 mod bench_writers;
 pub mod client;
 mod client_output;
+mod client_tls;
 mod cluster_status;
 pub mod demo;
 mod local_cluster;

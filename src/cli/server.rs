@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::secret::SecretArgs;
-use understudy::server::{self, Config};
+use understudy::server::{self, Config, Limits};
+use understudy::tls::{ServerTls, TlsFiles};
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -45,6 +46,47 @@ pub struct ServerArgs {
     /// Threads of the async runtime (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// TLS for clients and peers. All three files together, or none (plain HTTP).
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// This server's certificate chain (PEM). Reloaded on SIGHUP.
+    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// This server's private key (PEM). Reloaded on SIGHUP.
+    #[arg(long, requires_all = ["tls_cert", "tls_client_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers must present a certificate it signed (mutual TLS), and
+    /// peers' server certificates are checked against it. Clients may present one too.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// Abuse limits.
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Open connections at most; more are answered 429 and closed.
+    #[arg(long, default_value_t = server::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// How long a request's headers may take to arrive, in milliseconds.
+    #[arg(long, default_value_t = millis(server::listen::DEFAULT_HEADER_READ_TIMEOUT))]
+    header_read_timeout_ms: u64,
+    /// How long a request's body may take to arrive, in milliseconds (then 408).
+    #[arg(long, default_value_t = millis(server::limits::DEFAULT_BODY_READ_TIMEOUT))]
+    body_read_timeout_ms: u64,
+    /// `client/init` plus `client/register` calls per source address per minute (0: no
+    /// limit); more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = server::limits::DEFAULT_INITS_PER_MINUTE)]
+    inits_per_minute: u32,
+}
+
+const fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl ServerArgs {
@@ -67,6 +109,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         args.election_timeout_ms >= 2 * args.heartbeat_ms,
         "--election-timeout-ms must be at least twice --heartbeat-ms"
     );
+    let tls = match (args.tls.tls_cert, args.tls.tls_key, args.tls.tls_client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(ServerTls::load(&TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })?),
+        _ => None,
+    };
     let config = Config {
         listen: args.listen,
         advertise: args.advertise,
@@ -77,9 +127,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         election_timeout: Duration::from_millis(args.election_timeout_ms),
         fsync: args.fsync == Fsync::Always,
         compact_every: args.compact_every.max(1),
+        tls: tls.clone(),
+        limits: Limits {
+            max_connections: args.limits.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(args.limits.header_read_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(args.limits.body_read_timeout_ms.max(1)),
+            inits_per_minute: args.limits.inits_per_minute,
+        },
     };
     let stop = CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
+    if let Some(tls) = tls {
+        tokio::spawn(reload_on_hangup(tls));
+    }
     server::run(config, stop, CancellationToken::new()).await?;
     Ok(())
 }
@@ -107,4 +167,27 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// On SIGHUP, reads the certificate and key again; new connections use them. A pair that
+/// does not load is reported and the old one kept.
+async fn reload_on_hangup(tls: ServerTls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP; certificates will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate and key"),
+                Err(err) => {
+                    tracing::error!(%err, "could not reload the TLS certificate; keeping the old one")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }

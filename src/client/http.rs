@@ -8,11 +8,13 @@
 //! "try again, perhaps elsewhere". Redirects are never followed: a `307 not_primary` is an
 //! answer the caller must see.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -23,19 +25,24 @@ pub use hyper::Method;
 
 use crate::api::errors::{self, ErrorBody};
 use crate::error::{Error, Result};
+use crate::tls::TlsClientConfig;
 
 /// Default bound on one whole request: connect, send, wait, and read the answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default bound on an answer's body. Large enough for a state transfer of a demo-sized
 /// cluster; a server can raise it with [`HttpClient::with_max_response_bytes`].
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-/// Idle pooled connections are closed after this long, so a dead peer's sockets do not pile up.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle pooled connections are closed after this long, so a dead peer's sockets do not pile
+/// up; before a server's default header read timeout (30 s) closes them from its side, so a
+/// request never races that close.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A reusable HTTP/1.1 client. Cloning is cheap and clones share the connection pool.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: PooledClient<HttpConnector, Full<Bytes>>,
+    inner: PooledClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` when the client was given a TLS config, else `http`.
+    scheme: &'static str,
     timeout: Duration,
     max_response_bytes: usize,
 }
@@ -62,10 +69,36 @@ impl HttpClient {
 
     /// A client whose requests each give up after `timeout`.
     pub fn with_timeout(timeout: Duration) -> Self {
+        Self::with_tls(timeout, None)
+    }
+
+    /// A client whose requests each give up after `timeout`, speaking `https://` under
+    /// `tls` if given (plain `http://` otherwise).
+    pub fn with_tls(timeout: Duration, tls: Option<Arc<TlsClientConfig>>) -> Self {
         let mut connector = HttpConnector::new();
         // Small JSON requests; Nagle's algorithm would only add latency to heartbeats.
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // hyper-rustls hands plain `http://` through, so one type serves both modes.
+        connector.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tls = tls.map_or_else(
+            || {
+                // Never used for `http://`; a config that trusts nobody.
+                crate::tls::client_config_trusting_nobody()
+            },
+            |config| {
+                let mut config = (*config).clone();
+                // hyper-rustls sets the protocols it speaks itself.
+                config.alpn_protocols.clear();
+                config
+            },
+        );
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = PooledClient::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             // Without a timer the pool never evicts idle connections.
@@ -73,9 +106,23 @@ impl HttpClient {
             .build(connector);
         HttpClient {
             inner,
+            scheme,
             timeout,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+
+    /// The same pool with a different timeout per request.
+    pub fn with_request_timeout(&self, timeout: Duration) -> Self {
+        HttpClient {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https"
     }
 
     /// The same pool with a different bound on answer bodies.
@@ -115,7 +162,7 @@ impl HttpClient {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<HttpResponse> {
-        let request = build_request(method, addr, path_and_query, headers, body)?;
+        let request = build_request(self.scheme, method, addr, path_and_query, headers, body)?;
         let exchange = async {
             let response = self.inner.request(request).await.map_err(|err| {
                 // `is_connect` separates "nobody there" from "broke mid-way"; both mean
@@ -185,6 +232,7 @@ impl HttpClient {
 
 /// Builds the request; a malformed address or header is the caller's mistake.
 fn build_request(
+    scheme: &str,
     method: Method,
     addr: &str,
     path_and_query: &str,
@@ -196,7 +244,7 @@ fn build_request(
             "path must start with '/': {path_and_query:?}"
         )));
     }
-    let uri: hyper::Uri = format!("http://{addr}{path_and_query}")
+    let uri: hyper::Uri = format!("{scheme}://{addr}{path_and_query}")
         .parse()
         .map_err(|err| Error::BadRequest(format!("invalid address {addr:?}: {err}")))?;
     let mut builder = hyper::Request::builder().method(method).uri(uri);
@@ -427,7 +475,7 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_rejected_before_sending() {
-        assert!(build_request(Method::GET, "no spaces here", "/x", &[], None).is_err());
-        assert!(build_request(Method::GET, "127.0.0.1:1", "x", &[], None).is_err());
+        assert!(build_request("http", Method::GET, "no spaces here", "/x", &[], None).is_err());
+        assert!(build_request("http", Method::GET, "127.0.0.1:1", "x", &[], None).is_err());
     }
 }

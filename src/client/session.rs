@@ -17,7 +17,7 @@
 //!   success.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +37,7 @@ use crate::api::{
     NewPrimary, RegisterRequest, RegisterResponse, StatusResponse,
 };
 use crate::error::{Error, Result};
+use crate::tls::TlsClientConfig;
 
 /// How a [`Client`] listens, waits and gives up.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// Cancelling this stops the notification listener (dropping the client does too).
     pub shutdown: CancellationToken,
+    /// TLS: `https://` to servers whose certificates this config trusts. Default: none,
+    /// plain HTTP.
+    pub tls: Option<Arc<TlsClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +73,7 @@ impl Default for ClientOptions {
             request_timeout: super::http::DEFAULT_TIMEOUT,
             backoff: Backoff::default(),
             shutdown: CancellationToken::new(),
+            tls: None,
         }
     }
 }
@@ -196,7 +201,7 @@ impl Client {
         options: ClientOptions,
     ) -> Client {
         Client {
-            http: HttpClient::with_timeout(options.request_timeout),
+            http: HttpClient::with_tls(options.request_timeout, options.tls.clone()),
             client_id,
             listener,
             routing: Mutex::new(Routing::new(servers, primary)),

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::listen::ClientCertificate;
 use crate::error::Error;
 
 /// The header that carries a peer request's signature.
@@ -91,7 +92,7 @@ fn message(t: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     format!("{t}\n{method}\n{path}\n{body_hash}").into_bytes()
 }
 
-fn parse_header(header: &str) -> Option<(u64, &str)> {
+pub(crate) fn parse_header(header: &str) -> Option<(u64, &str)> {
     let (t, sig) = header.split_once(',')?;
     let t = t.strip_prefix("t=")?.parse().ok()?;
     let sig = sig.strip_prefix("sig=")?;
@@ -109,10 +110,29 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a peer request must show: the cluster secret's signature always, and under TLS also
+/// a client certificate the cluster's CA signed.
+#[derive(Clone, Debug)]
+pub struct PeerGate {
+    pub secret: ClusterSecret,
+    pub require_certificate: bool,
+}
+
+impl PeerGate {
+    /// The secret alone (plain HTTP).
+    pub fn secret_only(secret: ClusterSecret) -> PeerGate {
+        PeerGate {
+            secret,
+            require_certificate: false,
+        }
+    }
+}
+
 /// Middleware in front of every route: a request to a `/replication` path, existing or not,
-/// without a valid signature gets 401 before any handler (or a 404/405 fallback) sees it.
+/// without a valid signature (or, under TLS, without the cluster's client certificate) gets
+/// 401 before any handler (or a 404/405 fallback) sees it.
 pub async fn require_peer_auth(
-    State(secret): State<ClusterSecret>,
+    State(gate): State<PeerGate>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -124,6 +144,15 @@ pub async fn require_peer_auth(
         Error::Unauthorized("peer requests need valid cluster credentials".to_string())
             .into_response()
     };
+    if gate.require_certificate
+        && request.extensions().get::<ClientCertificate>() != Some(&ClientCertificate(true))
+    {
+        return Error::Unauthorized(
+            "peer requests need a client certificate from the cluster's CA".to_string(),
+        )
+        .into_response();
+    }
+    let secret = gate.secret;
     let (parts, body) = request.into_parts();
     let header = parts
         .headers

@@ -29,12 +29,21 @@ use crate::app::{Command, Outcome, Request, Tables};
 use crate::error::{Error, Result};
 use tracing::warn;
 
+/// Each init and registration stores a replicated record, and anyone may call them: a
+/// source address gets so many a minute.
+fn limit_inits(app: &AppState, peer: SocketAddr) -> Result<()> {
+    app.init_limiter
+        .check(peer.ip(), Instant::now())
+        .inspect_err(|_| app.metrics.limited("init"))
+}
+
 /// `POST /client/init`: registers the client's notification address.
 pub async fn init(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<InitRequest>,
 ) -> Result<Json<InitResponse>> {
+    limit_inits(&app, peer)?;
     let port = validate_port(body.port)?;
     let client_id = new_client_id();
     let command = Command::InitClient {
@@ -56,6 +65,7 @@ pub async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>)> {
+    limit_inits(&app, peer)?;
     validate_username(&body.username)?;
     validate_password(&body.password)?;
     // Before the costly hash: is the name free? A "taken" is given only after a
@@ -97,6 +107,7 @@ pub async fn auth(
         .attempt(&body.username, peer.ip(), attempted)
         .inspect_err(|_| {
             app.metrics.login("locked_out");
+            app.metrics.limited("login");
             warn!(username = %body.username, from = %peer, "login refused: too many failed attempts for this username");
         })?;
     let (client_id, username) = (body.client_id.clone(), body.username.clone());
@@ -199,16 +210,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Bearer> {
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .map(Bearer)
-            .ok_or_else(|| Error::Unauthorized("missing bearer token".to_string()))
+        bearer_token(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .map(|token| Bearer(token.to_string()))
+        .ok_or_else(|| Error::Unauthorized("missing bearer token".to_string()))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header's value, if it is one.
+pub(crate) fn bearer_token(value: Option<&[u8]>) -> Option<&str> {
+    let value = std::str::from_utf8(value?).ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 fn unexpected(outcome: Outcome) -> Error {

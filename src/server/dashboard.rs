@@ -45,7 +45,7 @@ pub async fn page() -> Html<&'static str> {
 pub async fn events(
     State(app): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let http = HttpClient::with_timeout(ASK_TIMEOUT);
+    let http = app.http.with_request_timeout(ASK_TIMEOUT);
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let updates =

@@ -46,6 +46,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -100,6 +105,7 @@ struct Inner {
     log_batch: Histogram,
     requests: Family<RequestLabels, Counter>,
     logins: Family<ResultLabel, Counter>,
+    limited: Family<LimitLabel, Counter>,
     notifications: Family<ResultLabel, Counter>,
     transfers: Family<DirectionLabel, Counter>,
     transfer_bytes: Family<DirectionLabel, Counter>,
@@ -147,6 +153,7 @@ impl Metrics {
             log_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             requests: Family::default(),
             logins: Family::default(),
+            limited: Family::default(),
             notifications: Family::default(),
             transfers: Family::default(),
             transfer_bytes: Family::default(),
@@ -241,6 +248,11 @@ impl Metrics {
             inner.logins.clone(),
         );
         r.register(
+            "limited",
+            "Requests and connections refused by an abuse limit, by limit",
+            inner.limited.clone(),
+        );
+        r.register(
             "new_primary_notifications",
             "POST /new-primary calls to clients, by result (ok, failed)",
             inner.notifications.clone(),
@@ -324,6 +336,13 @@ impl Metrics {
     }
 
     /// A login attempt's result: "ok", "failed" or "locked_out".
+    /// A request or connection refused by an abuse limit: `login`, `init` (client/init and
+    /// client/register per source address), `connections`, `header_timeout` (no complete
+    /// request head in time, idle keep-alive connections included), `body_timeout`.
+    pub fn limited(&self, limit: &'static str) {
+        self.0.limited.get_or_create(&LimitLabel { limit }).inc();
+    }
+
     pub fn login(&self, result: &'static str) {
         self.0.logins.get_or_create(&ResultLabel { result }).inc();
     }

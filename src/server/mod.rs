@@ -12,23 +12,25 @@
 //! shutdown token is cancelled.
 
 pub(crate) mod auth;
-mod client_api;
+pub(crate) mod client_api;
 mod credentials;
 mod dashboard;
 pub(crate) mod driver;
 mod events;
 mod join;
+pub mod limits;
+pub mod listen;
 pub(crate) mod metrics;
 mod notify;
 mod ops_api;
 mod peer_api;
 mod peer_call;
-mod peer_stream;
+pub(crate) mod peer_stream;
 mod peers;
 pub(crate) mod persist;
 mod printer;
 mod read_api;
-mod response;
+pub(crate) mod response;
 pub(crate) mod state_transfer;
 
 use std::net::SocketAddr;
@@ -45,8 +47,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use auth::{AUTH_HEADER, ClusterSecret};
+pub use auth::{AUTH_HEADER, ClusterSecret, PeerGate};
 pub use credentials::LoginLimiter;
+pub use limits::Limits;
 pub use peer_call::post_to_primary;
 
 use crate::api::MAX_BODY_BYTES;
@@ -58,6 +61,7 @@ use crate::storage::{
     LogStore, RedbStore, check_format, load_identity, load_join_targets, load_member_since,
     save_identity, save_join_targets,
 };
+use crate::tls::ServerTls;
 use driver::{Driver, DriverHandle, DriverIo};
 use events::Events;
 use metrics::Metrics;
@@ -91,6 +95,10 @@ pub struct Config {
     /// write survives a crash of the server process but not of the machine: for measuring
     /// what fsync costs, not for keeping data.
     pub fsync: bool,
+    /// TLS for clients and peers; plain HTTP if none.
+    pub tls: Option<ServerTls>,
+    /// The abuse limits: connections, read timeouts, inits per source.
+    pub limits: Limits,
 }
 
 /// Default heartbeat interval.
@@ -114,6 +122,12 @@ pub struct Shared {
     /// The streams with other servers (peers open theirs through `/replication/stream`).
     pub peers: Peers,
     pub secret: ClusterSecret,
+    /// For calls to peers (and, from the dashboard, to every member): TLS if the server has it.
+    pub http: HttpClient,
+    /// Client inits and registrations per source address.
+    pub init_limiter: limits::SourceLimiter,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
     pub metrics: Metrics,
     /// The data dir, for the sizes of its files.
     pub data_dir: PathBuf,
@@ -260,12 +274,16 @@ pub async fn serve_until(
         info!("resuming from the data dir; --join is ignored");
     }
 
-    let http = HttpClient::new();
+    let http = HttpClient::with_tls(
+        crate::client::http::DEFAULT_TIMEOUT,
+        config.tls.as_ref().map(|tls| tls.peer_client.clone()),
+    );
     let (removed_tx, removed_rx) = mpsc::unbounded_channel();
     let (handle, calls) = Driver::channel();
     let peers = Peers::new(
         id.clone(),
         config.secret.clone(),
+        config.tls.as_ref().map(|tls| tls.peer_client.clone()),
         shutdown.clone(),
         ToDriver {
             driver: handle.clone(),
@@ -303,7 +321,10 @@ pub async fn serve_until(
         transfers: Receiver::new(config.data_dir.clone()),
         peers,
         secret: config.secret.clone(),
-        metrics,
+        http: http.clone(),
+        init_limiter: limits::SourceLimiter::per_minute(config.limits.inits_per_minute),
+        body_read_timeout: config.limits.body_read_timeout,
+        metrics: metrics.clone(),
         data_dir: config.data_dir.clone(),
         events,
         told,
@@ -322,18 +343,26 @@ pub async fn serve_until(
         ));
     }
 
-    let service =
-        router(app, config.secret.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Small frames and small answers must leave at once, not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, service)
-            .with_graceful_shutdown(server_shutdown.cancelled_owned())
-            .await
-    });
+    if config.tls.is_none() && !local.ip().is_loopback() {
+        warn!(listen = %local, "serving plain HTTP on a non-loopback address: passwords, tokens and the log travel in clear; give --tls-cert, --tls-key and --tls-client-ca");
+    }
+    let gate = PeerGate {
+        secret: config.secret.clone(),
+        require_certificate: config.tls.is_some(),
+    };
+    let listen_options = listen::ListenOptions {
+        tls: config.tls.clone(),
+        max_connections: config.limits.max_connections,
+        header_read_timeout: config.limits.header_read_timeout,
+    };
+    let server = tokio::spawn(listen::serve(
+        listener,
+        router(app, gate),
+        listen_options,
+        metrics,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
     info!(%id, listen = %local, "serving");
     tokio::spawn(stop_gracefully(handle_for_stop, stop, shutdown.clone()));
 
@@ -343,11 +372,8 @@ pub async fn serve_until(
         .await
         .unwrap_or_else(|err| Err(Error::Internal(format!("the driver task failed: {err}"))));
     shutdown.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => error!(%err, "HTTP server failed"),
-        Ok(Err(err)) => error!(%err, "HTTP server task failed"),
-        Err(_) => warn!("open connections did not close in time"),
+    if let Err(err) = server.await {
+        error!(%err, "HTTP server task failed");
     }
     driven
 }
@@ -395,7 +421,7 @@ async fn stop_gracefully(
 }
 
 /// The routes of a server.
-pub fn router(app: AppState, secret: ClusterSecret) -> Router {
+pub fn router(app: AppState, gate: PeerGate) -> Router {
     let peer = Router::new()
         .route(peer_stream::STREAM_PATH, get(peer_api::stream))
         .route("/replication/hand-over", post(peer_api::hand_over))
@@ -426,7 +452,7 @@ pub fn router(app: AppState, secret: ClusterSecret) -> Router {
         // Outermost, so that every path under /replication, existing or not and whatever the
         // method, is behind the cluster secret: no 404 or 405 tells an outsider what exists.
         .layer(middleware::from_fn_with_state(
-            secret,
+            gate,
             auth::require_peer_auth,
         ))
         .layer(middleware::from_fn_with_state(

@@ -141,7 +141,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
-    use crate::server::auth::require_peer_auth;
+    use crate::server::auth::{PeerGate, require_peer_auth};
 
     /// A peer endpoint behind the receiving side's check, echoing what arrived.
     async fn peer(secret: ClusterSecret) -> String {
@@ -153,7 +153,10 @@ mod tests {
                     format!("{content_type} {}", body.len())
                 }),
             )
-            .layer(middleware::from_fn_with_state(secret, require_peer_auth));
+            .layer(middleware::from_fn_with_state(
+                PeerGate::secret_only(secret),
+                require_peer_auth,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

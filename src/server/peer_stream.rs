@@ -46,7 +46,9 @@ pub const STREAM_PATH: &str = "/replication/stream";
 /// The protocol named in the upgrade.
 pub const UPGRADE_PROTOCOL: &str = "understudy-peer";
 /// Largest frame: a batch of appends.
-const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// The largest frame before the handshake is done (its frames are well under 1 KiB).
+const HANDSHAKE_FRAME_BYTES: usize = 4096;
 /// How long the handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most frames written before one flush.
@@ -73,18 +75,19 @@ pub enum Frame {
 }
 
 impl Frame {
-    fn encode(&self) -> Result<Bytes> {
+    pub(crate) fn encode(&self) -> Result<Bytes> {
         postcard::to_stdvec(self)
             .map(Bytes::from)
             .map_err(|err| Error::Internal(format!("cannot encode a frame: {err}")))
     }
 
-    fn decode(bytes: &[u8]) -> Result<Frame> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Frame> {
         postcard::from_bytes(bytes).map_err(|err| Error::BadRequest(format!("bad frame: {err}")))
     }
 }
 
-fn codec() -> LengthDelimitedCodec {
+/// The codec of an authenticated stream: frames up to [`MAX_FRAME_BYTES`].
+pub(crate) fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec()
@@ -153,6 +156,26 @@ async fn send_frame<W: AsyncWrite + Unpin>(
         .map_err(|err| Error::Io(format!("peer stream: {err}")))
 }
 
+/// The codec during the handshake: its frames are small, and a length announced before the
+/// peer proved the secret must not make us reserve a large buffer.
+pub(crate) fn handshake_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(HANDSHAKE_FRAME_BYTES)
+        .new_codec()
+}
+
+impl<T> Authenticated<T> {
+    /// The stream after a handshake: full-size frames from here on.
+    fn open(
+        peer: NodeId,
+        mut read: FramedRead<tokio::io::ReadHalf<T>, LengthDelimitedCodec>,
+        write: FramedWrite<tokio::io::WriteHalf<T>, LengthDelimitedCodec>,
+    ) -> Authenticated<T> {
+        read.decoder_mut().set_max_frame_length(MAX_FRAME_BYTES);
+        Authenticated { peer, read, write }
+    }
+}
+
 /// The dialer's side of the handshake: we are `me`, the other end should be `peer`.
 pub async fn dial_handshake<T: AsyncRead + AsyncWrite>(
     io: T,
@@ -161,7 +184,7 @@ pub async fn dial_handshake<T: AsyncRead + AsyncWrite>(
     peer: &NodeId,
 ) -> Result<Authenticated<T>> {
     let (read, write) = tokio::io::split(io);
-    let mut read = FramedRead::new(read, codec());
+    let mut read = FramedRead::new(read, handshake_codec());
     let mut write = FramedWrite::new(write, codec());
     let Frame::Challenge { nonce: theirs } = next_frame(&mut read).await? else {
         return Err(refused());
@@ -183,11 +206,7 @@ pub async fn dial_handshake<T: AsyncRead + AsyncWrite>(
     if !verify_mac(secret, "accept", &ours, peer, me, &mac) {
         return Err(refused());
     }
-    Ok(Authenticated {
-        peer: peer.clone(),
-        read,
-        write,
-    })
+    Ok(Authenticated::open(peer.clone(), read, write))
 }
 
 /// The acceptor's side of the handshake: we are `me`; returns who dialed.
@@ -197,7 +216,7 @@ pub async fn accept_handshake<T: AsyncRead + AsyncWrite>(
     me: &NodeId,
 ) -> Result<Authenticated<T>> {
     let (read, write) = tokio::io::split(io);
-    let mut read = FramedRead::new(read, codec());
+    let mut read = FramedRead::new(read, handshake_codec());
     let mut write = FramedWrite::new(write, codec());
     let ours: [u8; 32] = rand::random();
     send_frame(&mut write, &Frame::Challenge { nonce: ours }).await?;
@@ -209,11 +228,7 @@ pub async fn accept_handshake<T: AsyncRead + AsyncWrite>(
     }
     let mac = handshake_mac(secret, "accept", &nonce, me, &id);
     send_frame(&mut write, &Frame::Welcome { mac }).await?;
-    Ok(Authenticated {
-        peer: id,
-        read,
-        write,
-    })
+    Ok(Authenticated::open(id, read, write))
 }
 
 /// What a connection's reader hands on.

@@ -24,6 +24,7 @@ use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -35,6 +36,7 @@ use super::peer_stream::{
 };
 use crate::error::{Error, Result};
 use crate::replication::{Envelope, Message, NodeId};
+use crate::tls::TlsClientConfig;
 
 /// Most envelopes in one frame.
 const MAX_BATCH: usize = 4096;
@@ -58,6 +60,8 @@ pub struct Peers {
 struct Shared {
     me: NodeId,
     secret: ClusterSecret,
+    /// Under TLS: dials peers with our certificate, trusting the cluster's CA.
+    tls: Option<TlsConnector>,
     shutdown: CancellationToken,
     inbound: ToDriver,
     links: Mutex<BTreeMap<NodeId, Link>>,
@@ -112,6 +116,7 @@ impl Peers {
     pub fn new(
         me: NodeId,
         secret: ClusterSecret,
+        tls: Option<Arc<TlsClientConfig>>,
         shutdown: CancellationToken,
         inbound: ToDriver,
     ) -> Peers {
@@ -119,6 +124,7 @@ impl Peers {
             inner: Arc::new(Shared {
                 me,
                 secret,
+                tls: tls.map(TlsConnector::from),
                 shutdown,
                 inbound,
                 links: Mutex::new(BTreeMap::new()),
@@ -232,7 +238,28 @@ impl Peers {
             .await
             .map_err(|err| Error::Unavailable(format!("cannot reach {peer}: {err}")))?;
         let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        match &self.inner.tls {
+            None => self.upgrade(peer, tcp).await,
+            Some(tls) => {
+                let name = crate::tls::server_name(peer)?;
+                let tls = tls.connect(name, tcp).await.map_err(|err| {
+                    Error::Unavailable(format!("TLS handshake with {peer} failed: {err}"))
+                })?;
+                self.upgrade(peer, tls).await
+            }
+        }
+    }
+
+    /// Asks `peer` over `io` to turn the connection into a stream, and runs the handshake.
+    async fn upgrade<I>(
+        &self,
+        peer: &NodeId,
+        io: I,
+    ) -> Result<Authenticated<TokioIo<hyper::upgrade::Upgraded>>>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|err| Error::Unavailable(format!("{peer}: {err}")))?;
         tokio::spawn(conn.with_upgrades());

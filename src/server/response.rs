@@ -45,9 +45,12 @@ impl IntoResponse for Error {
 /// endpoint and status.
 pub async fn finish_response(
     State(app): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    request
+        .extensions_mut()
+        .insert(BodyReadTimeout(app.body_read_timeout));
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
@@ -57,13 +60,18 @@ pub async fn finish_response(
     let mut response = next.run(request).await;
     if let Some(PrimaryHint(primary)) = response.extensions().get::<PrimaryHint>()
         && let Ok(location) = HeaderValue::from_str(&format!(
-            "http://{primary}{}",
+            "{}://{primary}{}",
+            if app.http.is_tls() { "https" } else { "http" },
             uri.path_and_query().map_or("/", |p| p.as_str())
         ))
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    app.metrics.request(endpoint, response.status().as_u16());
+    let status = response.status().as_u16();
+    if status == 408 {
+        app.metrics.limited("body_timeout");
+    }
+    app.metrics.request(endpoint, status);
     response
 }
 
@@ -103,6 +111,10 @@ fn endpoint_name(path: &str) -> &'static str {
 /// malformed, missing or wrong-typed, or not an object, is 400.
 pub struct JsonBody<T>(pub T);
 
+/// How long a body may take to arrive, set on every request by [`finish_response`].
+#[derive(Clone, Copy, Debug)]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
@@ -111,8 +123,14 @@ where
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
+        // A slow sender must not hold a connection and a handler forever.
+        let timeout = request
+            .extensions()
+            .get::<BodyReadTimeout>()
+            .map_or(super::limits::DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, state))
             .await
+            .map_err(|_| Error::RequestTimeout)?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     Error::PayloadTooLarge
@@ -120,17 +138,21 @@ where
                     Error::BadRequest(format!("unreadable body: {rejection}"))
                 }
             })?;
-        // Only an object: serde would also take a struct's fields from an array in order
-        // (`[7000]` for `{"port": 7000}`), a shape no client is documented to send.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Error::BadRequest(
-                "the body must be a JSON object".to_string(),
-            ));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|err| Error::BadRequest(format!("invalid JSON body: {err}")))
+        parse_json_object(&bytes).map(JsonBody)
     }
+}
+
+/// A request body as `T`: a JSON object of exactly `T`'s shape, or `400 bad_request`.
+pub(crate) fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // Only an object: serde would also take a struct's fields from an array in order
+    // (`[7000]` for `{"port": 7000}`), a shape no client is documented to send.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::BadRequest(
+            "the body must be a JSON object".to_string(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|err| Error::BadRequest(format!("invalid JSON body: {err}")))
 }
 
 /// The answer for a path nobody serves.

@@ -41,7 +41,7 @@
 mod format;
 mod identity;
 mod join_targets;
-mod record;
+pub(crate) mod record;
 mod rewrite;
 mod store;
 pub mod transfer;

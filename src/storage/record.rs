@@ -50,7 +50,7 @@ pub(super) const RECORD_HEADER_LEN: u64 = 8;
 pub const MAX_RECORD_LEN: u32 = 64 << 20;
 
 /// The file header: magic, then version.
-pub(super) fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
+pub(crate) fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
     let [v0, v1, v2, v3] = VERSION.to_le_bytes();
     let [m0, m1, m2, m3] = MAGIC;
     [m0, m1, m2, m3, v0, v1, v2, v3]
@@ -127,13 +127,13 @@ pub(super) fn check_entries(
 }
 
 /// Encodes a write as a record's payload.
-pub(super) fn encode_payload(write: &Write) -> Result<Vec<u8>> {
+pub(crate) fn encode_payload(write: &Write) -> Result<Vec<u8>> {
     postcard::to_stdvec(write)
         .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))
 }
 
 /// Frames a payload as a record: length, checksum, payload.
-pub(super) fn encode_record(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_record(payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEADER_LEN as usize + payload.len());
     let len = u32::try_from(payload.len()).expect("payload bounded by MAX_RECORD_LEN");
     record.extend_from_slice(&len.to_le_bytes());
@@ -143,18 +143,18 @@ pub(super) fn encode_record(payload: &[u8]) -> Vec<u8> {
 }
 
 /// What [`replay`] found in a file.
-pub(super) struct Replayed {
+pub(crate) struct Replayed {
     /// The state after the valid records.
-    pub(super) state: Recovered,
+    pub(crate) state: Recovered,
     /// The end of the last valid record (0 if not even the file header is complete).
-    pub(super) valid_len: u64,
+    pub(crate) valid_len: u64,
     /// The length of the file as found.
     pub(super) file_len: u64,
 }
 
 /// Reads the file from the start and applies every valid record. Stops at a torn write
 /// (reporting where the valid part ends) and fails on damage.
-pub(super) fn replay(path: &Path, file: &File) -> Result<Replayed> {
+pub(crate) fn replay(path: &Path, file: &File) -> Result<Replayed> {
     let file_len = file
         .metadata()
         .map_err(io_error("reading metadata of", path))?

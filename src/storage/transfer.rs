@@ -180,14 +180,7 @@ impl Importer {
                 chunk.seq, self.next_seq
             )));
         }
-        if crc32fast::hash(&chunk.records) != chunk.crc {
-            return Err(Error::Corrupt(format!(
-                "state chunk {} fails its checksum",
-                chunk.seq
-            )));
-        }
-        let records: Vec<Record> = postcard::from_bytes(&chunk.records)
-            .map_err(|err| Error::Corrupt(format!("state chunk {}: {err}", chunk.seq)))?;
+        let records = decode_records(&chunk)?;
         self.next_seq += 1;
         let mut batch = MemTables::default();
         for record in records {
@@ -236,6 +229,25 @@ impl Importer {
         }
         let path = self.store.finish(&meta)?;
         Ok(Step::Done { meta, path })
+    }
+}
+
+/// The records of a chunk, if it passes its checksum and decodes exactly.
+pub fn decode_records(chunk: &ChunkData) -> Result<Vec<Record>> {
+    if crc32fast::hash(&chunk.records) != chunk.crc {
+        return Err(Error::Corrupt(format!(
+            "state chunk {} fails its checksum",
+            chunk.seq
+        )));
+    }
+    match postcard::take_from_bytes::<Vec<Record>>(&chunk.records) {
+        Ok((records, [])) => Ok(records),
+        Ok((_, rest)) => Err(Error::Corrupt(format!(
+            "state chunk {}: {} bytes after its records",
+            chunk.seq,
+            rest.len()
+        ))),
+        Err(err) => Err(Error::Corrupt(format!("state chunk {}: {err}", chunk.seq))),
     }
 }
 

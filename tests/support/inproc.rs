@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use understudy::client::http::{HttpClient, Method};
-use understudy::server::{self, ClusterSecret, Config};
+use understudy::server::{self, ClusterSecret, Config, Limits};
 
 /// The cluster secret of every test server.
 pub const SECRET: &str = "test-cluster-secret-0123456789";
@@ -79,6 +79,11 @@ impl Server {
     /// Starts a new cluster of one and waits until it is primary with its bootstrap entries
     /// committed and applied.
     pub async fn start() -> Server {
+        Server::start_with_limits(Limits::default()).await
+    }
+
+    /// [`start`](Self::start) with the given abuse limits.
+    pub async fn start_with_limits(limits: Limits) -> Server {
         init_tracing();
         let data_dir = tempfile::tempdir().expect("temporary data dir");
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -96,6 +101,8 @@ impl Server {
             election_timeout: Duration::from_millis(300),
             fsync: true,
             compact_every: 10_000,
+            tls: None,
+            limits,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(config, listener, shutdown.clone()));

@@ -10,6 +10,7 @@ use std::fs::{self, File};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -17,6 +18,8 @@ use tempfile::TempDir;
 use understudy::api::{ClientInfo, ClientsResponse, MessageInfo, MessagesResponse, StatusResponse};
 use understudy::client::http::{HttpClient, HttpResponse};
 use understudy::client::{Client, ClientOptions};
+use understudy::tls::dev::Authority;
+use understudy::tls::{TlsClientConfig, TlsFiles};
 
 /// How long a cluster may take to start, or a server to join, restart or stop.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -82,10 +85,43 @@ pub struct Server {
     starts: usize,
 }
 
+/// Set (to anything but `0`) to run every process-cluster test over TLS with mutual TLS
+/// between peers: `UNDERSTUDY_TEST_TLS=1 cargo test --test cluster`.
+pub const TLS_ENV: &str = "UNDERSTUDY_TEST_TLS";
+
+/// Whether this run's clusters speak TLS.
+pub fn tls_mode() -> bool {
+    std::env::var(TLS_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The certificates of a TLS cluster: one CA, and one certificate for 127.0.0.1 that every
+/// server uses (they all live on that address).
+pub struct ClusterTls {
+    pub authority: Authority,
+    pub files: TlsFiles,
+    pub client: Arc<TlsClientConfig>,
+}
+
+impl ClusterTls {
+    fn new(dir: &Path) -> ClusterTls {
+        let authority = Authority::new("understudy test CA").expect("a CA");
+        let files = authority
+            .write_server_files(&dir.join("tls"), "server", &["127.0.0.1", "localhost"])
+            .expect("server certificates");
+        let client = understudy::tls::client_config(&files.client_ca).expect("a client config");
+        ClusterTls {
+            authority,
+            files,
+            client,
+        }
+    }
+}
+
 /// A cluster of server processes under one temporary directory.
 pub struct Cluster {
     dir: TempDir,
     secret_file: PathBuf,
+    tls: Option<ClusterTls>,
     servers: Vec<Server>,
     http: HttpClient,
     /// Extra flags for every server.
@@ -102,6 +138,15 @@ impl Cluster {
 
     /// [`start`](Self::start) with extra flags for every server (e.g. timings).
     pub async fn start_with(n: usize, server_args: &[&str]) -> Cluster {
+        Cluster::start_in_mode(n, server_args, tls_mode()).await
+    }
+
+    /// [`start`](Self::start) over TLS, whatever the run's mode.
+    pub async fn start_tls(n: usize) -> Cluster {
+        Cluster::start_in_mode(n, &[], true).await
+    }
+
+    async fn start_in_mode(n: usize, server_args: &[&str], tls: bool) -> Cluster {
         assert!(n >= 1, "a cluster has at least one server");
         let dir = tempfile::Builder::new()
             .prefix("understudy-cluster-")
@@ -110,11 +155,16 @@ impl Cluster {
         let secret_file = dir.path().join("secret");
         let secret = format!("{:032x}\n", rand::random::<u128>());
         fs::write(&secret_file, secret).expect("cannot write the cluster secret");
+        let tls = tls.then(|| ClusterTls::new(dir.path()));
         let mut cluster = Cluster {
+            http: HttpClient::with_tls(
+                Duration::from_secs(5),
+                tls.as_ref().map(|tls| tls.client.clone()),
+            ),
             dir,
             secret_file,
+            tls,
             servers: Vec::new(),
-            http: HttpClient::with_timeout(Duration::from_secs(5)),
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.spawn_new(None).await;
@@ -184,9 +234,25 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// A client for raw HTTP calls.
+    /// A client for raw HTTP calls (over TLS in TLS mode).
     pub fn http(&self) -> &HttpClient {
         &self.http
+    }
+
+    /// The cluster's certificates, in TLS mode.
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// Options for a client library of this cluster: listening on loopback, retrying for up
+    /// to 30 s, over TLS in TLS mode.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            retry_for: Duration::from_secs(30),
+            tls: self.tls.as_ref().map(|tls| tls.client.clone()),
+            ..ClientOptions::default()
+        }
     }
 
     /// The indexes of the servers whose process is running.
@@ -461,6 +527,15 @@ impl Cluster {
         if let Some(join) = join {
             command.args(["--join", join]);
         }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.files.cert)
+                .arg("--tls-key")
+                .arg(&tls.files.key)
+                .arg("--tls-client-ca")
+                .arg(&tls.files.client_ca);
+        }
         command.args(&self.server_args);
         let child = command
             .env("RUST_LOG", "debug")
@@ -566,12 +641,7 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 /// A client of `cluster` (listening on loopback, retrying for up to 30 s), registered and
 /// logged in as `user` with the password `<user>-password`.
 pub async fn logged_in_client(cluster: &Cluster, user: &str) -> Client {
-    let options = ClientOptions {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        retry_for: Duration::from_secs(30),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(cluster.addrs(), options)
+    let client = Client::connect(cluster.addrs(), cluster.client_options())
         .await
         .expect("client/init");
     let password = format!("{user}-password");
