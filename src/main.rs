@@ -1,4 +1,4 @@
-//! The `understudy` binary: `server`, `client`, `demo` and `bench` subcommands.
+//! The `understudy` binary: `server`, `client`, `demo`, `bench`, `admin` and `certs`.
 
 mod cli;
 
@@ -41,6 +41,8 @@ enum TopCommand {
     Bench(cli::bench::BenchArgs),
     /// Operator commands: cluster status, removing a server, handing the primary over.
     Admin(cli::admin::AdminArgs),
+    /// Make a cluster's CA and a TLS certificate for each server.
+    Certs(cli::certs::CertsArgs),
 }
 
 /// mimalloc rather than the system allocator: measured on the write path, glibc's malloc
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
             TopCommand::Demo(args) => runtime.block_on(cli::demo::run(args)),
             TopCommand::Bench(args) => runtime.block_on(cli::bench::run(args)),
             TopCommand::Admin(args) => runtime.block_on(cli::admin::run(args)),
+            TopCommand::Certs(args) => cli::certs::run(args),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -316,3 +316,55 @@ async fn rolling_restart_with_sigterm_fails_no_request() {
     assert_eq!(failed, 0, "no request failed at the client library");
     assert_all_present_once(&cluster, &[0, 1, 2], &acked).await;
 }
+
+/// Expiry across a failover: a client admitted by a primary that then dies, and that never
+/// logs in, is expired by the next primary (which notes such clients when it takes office),
+/// and every server forgets it; a logged-in client stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_admitted_by_a_dead_primary_still_expires() {
+    let mut cluster = Cluster::start_with(3, &["--client-ttl-secs", "1"]).await;
+    let _alice = logged_in_client(&cluster, "alice").await;
+    let primary = cluster.primary_index().await;
+    let admitted = cluster
+        .post(
+            primary,
+            "/client/init",
+            None,
+            &serde_json::json!({ "port": 40_200 }),
+        )
+        .await;
+    assert_eq!(admitted.status, 200);
+    let idle: serde_json::Value = serde_json::from_slice(&admitted.body).expect("JSON");
+    let idle = idle["client_id"].as_str().expect("a client id").to_string();
+    cluster.wait_replicated().await;
+    cluster.kill(primary);
+
+    wait_until(
+        deadline(READY_TIMEOUT),
+        "every remaining server to forget the idle client",
+        async || {
+            for i in cluster.running() {
+                let Ok(clients) = cluster
+                    .get_json::<understudy::api::ClientsResponse>(i, "/clients")
+                    .await
+                else {
+                    return false;
+                };
+                if clients.clients.iter().any(|c| c.client_id == idle) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    for i in cluster.running() {
+        let clients = cluster.clients(i).await;
+        assert!(
+            clients
+                .iter()
+                .any(|c| c.username.as_deref() == Some("alice")),
+            "server {i} lost alice's client"
+        );
+    }
+}

@@ -218,3 +218,55 @@ async fn connections_over_the_cap_are_refused_with_429() {
     assert!(limited(&server, "connections").await >= 1);
     server.stop().await;
 }
+
+/// Limits (expiry, a replicated command decided on the primary): a client that never logs
+/// in is forgotten after the configured time, everywhere the state is read; one that logged
+/// in (and out again) stays. The expiry is counted.
+#[tokio::test]
+async fn a_client_that_never_logs_in_expires_and_one_that_did_stays() {
+    let server = Server::start_with_limits(Limits {
+        client_ttl: Some(Duration::from_millis(500)),
+        ..Limits::default()
+    })
+    .await;
+    let idle = server.init_client().await;
+    let active = server.init_client().await;
+    server.register("alice", "alice's password").await;
+    let token = server.login(&active, "alice", "alice's password").await;
+    server.send(&active, &token, 1, "still here").await;
+    let logout = server
+        .post_with_token("/client/logout", &token, &json!({ "client_id": active }))
+        .await;
+    assert_eq!(logout.status, 200, "{:?}", logout.json);
+
+    let listed = async || -> Vec<String> {
+        let clients = server.get("/clients").await;
+        clients.json["clients"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|c| c["client_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    support::procs::wait_until(
+        support::procs::deadline(Duration::from_secs(20)),
+        "the idle client to expire",
+        async || !listed().await.contains(&idle),
+    )
+    .await;
+    assert!(
+        listed().await.contains(&active),
+        "a client that logged in stays"
+    );
+    let messages = server.get("/messages").await;
+    assert_eq!(messages.json["messages"][0]["message"], "still here");
+    assert_eq!(server.status().await["clients"], 1);
+    let metrics = String::from_utf8_lossy(&server.get("/metrics").await.body).to_string();
+    assert!(
+        metrics.contains("understudy_clients_expired_total 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -191,3 +191,69 @@ async fn a_certificate_replaced_on_disk_is_used_after_sighup() {
         "the server went on serving"
     );
 }
+
+/// Operations (`understudy certs`): the first call makes a CA, later calls reuse it; a
+/// server started with the certificate it made is reached over TLS by a client that trusts
+/// that CA.
+#[tokio::test]
+async fn certs_makes_a_ca_once_and_certificates_a_server_accepts() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let tls_dir = dir.path().join("tls");
+    let certs = |names: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .arg("certs")
+            .arg("--dir")
+            .arg(&tls_dir)
+            .args(names)
+            .output()
+            .expect("understudy certs runs");
+        assert!(output.status.success(), "{output:?}");
+    };
+    certs(&["127.0.0.1"]);
+    let ca = fs::read(tls_dir.join("ca.pem")).expect("ca.pem");
+    certs(&["localhost"]);
+    assert_eq!(
+        fs::read(tls_dir.join("ca.pem")).expect("ca.pem"),
+        ca,
+        "the CA is reused"
+    );
+    assert!(tls_dir.join("localhost.pem").exists());
+
+    let port = support::procs::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "a cluster secret of some length").expect("the secret");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["server", "--listen", &addr])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--cluster-secret-file")
+        .arg(&secret)
+        .arg("--tls-cert")
+        .arg(tls_dir.join("127.0.0.1.pem"))
+        .arg("--tls-key")
+        .arg(tls_dir.join("127.0.0.1.key"))
+        .arg("--tls-client-ca")
+        .arg(tls_dir.join("ca.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    let https = HttpClient::with_tls(
+        Duration::from_secs(2),
+        Some(tls::client_config(&tls_dir.join("ca.pem")).expect("a config")),
+    );
+    let answered = wait_for(
+        deadline(Duration::from_secs(20)),
+        "the server to answer over TLS",
+        async || match https.get(&addr, "/status", &[]).await {
+            Ok(answer) if answer.status == 200 => Ok(()),
+            Ok(answer) => Err(format!("HTTP {}", answer.status)),
+            Err(err) => Err(err.to_string()),
+        },
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    answered
+}

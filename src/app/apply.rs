@@ -70,7 +70,33 @@ pub fn apply(tables: &mut impl TablesMut, request: &Request) -> Result<Applied> 
             seq,
             text,
         } => message(tables, client_id, token_hash, *seq, text),
+        Command::ExpireClient { client_id } => expire_client(tables, client_id),
     }
+}
+
+/// Whether a client is one `ExpireClient` may remove: it never logged in (a username stays
+/// on the record from the first login on, across logouts).
+pub fn never_logged_in(client: &ClientRecord) -> bool {
+    client.username.is_none() && client.token_hash.is_none() && client.last.is_none()
+}
+
+fn expire_client(tables: &mut impl TablesMut, client_id: &str) -> Result<Applied> {
+    match tables.client(client_id)? {
+        None => return Ok(Applied::rejected(unknown_client(client_id))),
+        Some(client) if !never_logged_in(&client) => {
+            return Ok(Applied::rejected(Rejection::Conflict(format!(
+                "client {client_id} has logged in; it does not expire"
+            ))));
+        }
+        Some(_) => {}
+    }
+    tables.remove_client(client_id);
+    let mut counters = tables.counters()?;
+    counters.clients = counters.clients.saturating_sub(1);
+    tables.set_counters(counters);
+    Ok(Applied::outcome(Outcome::ClientExpired {
+        client_id: client_id.to_string(),
+    }))
 }
 
 fn init_client(tables: &mut impl TablesMut, client_id: &str, address: &str) -> Result<Applied> {

@@ -527,3 +527,54 @@ fn counts_follow_clients_sessions_and_messages() {
         (2, 1, 1)
     );
 }
+
+fn expire(client_id: &str) -> Request {
+    req(Command::ExpireClient {
+        client_id: client_id.to_string(),
+    })
+}
+
+/// Rule ExpireClient: a client that never logged in is forgotten and no longer counted.
+#[test]
+fn expire_client_forgets_a_client_that_never_logged_in() {
+    let mut state = State::new();
+    state.apply(&init("c1", "10.0.0.1:9000"));
+    state.apply(&init("c2", "10.0.0.2:9000"));
+    let applied = state.apply(&expire("c1"));
+    assert_eq!(
+        applied.outcome,
+        Outcome::ClientExpired {
+            client_id: "c1".to_string()
+        }
+    );
+    assert!(!state.client_exists("c1"));
+    assert!(state.client_exists("c2"));
+    assert_eq!(state.client_count(), 1);
+    assert_eq!(state.client_addresses(), vec!["10.0.0.2:9000".to_string()]);
+}
+
+/// Rule ExpireClient: a client that logged in is kept, even after it logged out, and so is
+/// the state; an unknown client is NotFound.
+#[test]
+fn expire_client_keeps_a_client_that_logged_in() {
+    let mut state = State::new();
+    state.apply(&init("c1", ADDR));
+    state.apply(&register("alice"));
+    state.apply(&login("c1", "alice", "t1"));
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&expire("c1")).outcome,
+        Outcome::Rejected(Rejection::Conflict(_))
+    ));
+    assert_eq!(state, before);
+    state.apply(&logout("c1", "t1"));
+    assert!(matches!(
+        state.apply(&expire("c1")).outcome,
+        Outcome::Rejected(Rejection::Conflict(_))
+    ));
+    assert!(state.client_exists("c1"));
+    assert!(matches!(
+        state.apply(&expire("nobody")).outcome,
+        Outcome::Rejected(Rejection::NotFound(_))
+    ));
+}

@@ -46,6 +46,9 @@ pub enum Command {
         seq: u64,
         text: String,
     },
+    /// A client that never logged in is forgotten (the primary decided it waited too long).
+    /// Applied only if the client still never logged in. (Last, so that older logs decode.)
+    ExpireClient { client_id: String },
 }
 
 /// The deterministic result of applying a command. Every server computes the same one; the
@@ -62,6 +65,8 @@ pub enum Outcome {
     LoggedOut,
     /// `Message` applied, or its retry found: the message's index on the board.
     Posted { index: u64 },
+    /// `ExpireClient` applied: the client is gone.
+    ClientExpired { client_id: String },
     /// The command was refused; the state is unchanged.
     Rejected(Rejection),
 }

@@ -4,29 +4,50 @@
 //! layer per flush on its way), the simulation's model of the embedded store, and the
 //! reference that tests and the simulation's checks replay committed entries into.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::records::{ClientRecord, Counters, MessageRecord};
 use super::tables::{Tables, TablesMut};
 use crate::error::Result;
 
 /// Tables as ordered maps. `BTreeMap` everywhere: iteration order is part of the answers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct MemTables {
     pub clients: BTreeMap<String, ClientRecord>,
+    /// Clients removed here: as a layer of changes, these hide the records below it (a
+    /// client id is never in both this and `clients`).
+    pub removed_clients: BTreeSet<String>,
     pub users: BTreeMap<String, String>,
     pub messages: BTreeMap<u64, MessageRecord>,
     pub counters: Counters,
 }
 
+/// Equal when they hold the same state; which removals led there does not matter.
+impl PartialEq for MemTables {
+    fn eq(&self, other: &Self) -> bool {
+        self.clients == other.clients
+            && self.users == other.users
+            && self.messages == other.messages
+            && self.counters == other.counters
+    }
+}
+
+impl Eq for MemTables {}
+
 impl MemTables {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.users.is_empty() && self.messages.is_empty()
+        self.clients.is_empty()
+            && self.removed_clients.is_empty()
+            && self.users.is_empty()
+            && self.messages.is_empty()
     }
 
     /// Writes every record and the counters of `newer` over these tables.
     pub fn overwrite_with(&mut self, newer: &MemTables) {
+        for id in &newer.removed_clients {
+            self.clients.remove(id);
+        }
         for (id, record) in &newer.clients {
             self.clients.insert(id.clone(), record.clone());
         }
@@ -43,6 +64,7 @@ impl MemTables {
     pub fn copy_of(tables: &impl Tables) -> Result<MemTables> {
         Ok(MemTables {
             clients: tables.clients()?.into_iter().collect(),
+            removed_clients: BTreeSet::new(),
             users: tables.users()?.into_iter().collect(),
             messages: tables.messages(1, u64::MAX)?.into_iter().collect(),
             counters: tables.counters()?,
@@ -96,7 +118,13 @@ impl Tables for MemTables {
 
 impl TablesMut for MemTables {
     fn put_client(&mut self, client_id: &str, record: ClientRecord) {
+        self.removed_clients.remove(client_id);
         self.clients.insert(client_id.to_string(), record);
+    }
+
+    fn remove_client(&mut self, client_id: &str) {
+        self.clients.remove(client_id);
+        self.removed_clients.insert(client_id.to_string());
     }
 
     fn put_user(&mut self, username: &str, password_hash: &str) {

@@ -14,7 +14,7 @@ mod tables;
 
 pub use apply::{
     Applied, MessageCheck, apply, board, check_message, client_addresses, client_summaries,
-    session_valid,
+    never_logged_in, session_valid,
 };
 pub use command::{Command, Outcome, Rejection, Request};
 pub use memory::MemTables;

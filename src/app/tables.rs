@@ -30,6 +30,8 @@ pub trait Tables {
 /// Writing them. Only `apply` writes, and it writes nothing for a refused request.
 pub trait TablesMut: Tables {
     fn put_client(&mut self, client_id: &str, record: ClientRecord);
+    /// Forgets a client (only `ExpireClient` does, for clients that never logged in).
+    fn remove_client(&mut self, client_id: &str);
     fn put_user(&mut self, username: &str, password_hash: &str);
     /// Stores a new message; indexes come in order and are never written twice.
     fn put_message(&mut self, index: u64, record: MessageRecord);

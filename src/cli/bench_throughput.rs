@@ -31,9 +31,14 @@ pub(super) async fn run(args: ThroughputArgs) -> Result<()> {
     let (_dir, mut cluster) = start_cluster(&args.cluster).await?;
     let clients = logged_in_clients(&cluster, args.clients).await?;
     println!(
-        "bench throughput: {} servers (fsync {}), {} clients, {} s (at most {} writes)",
+        "bench throughput: {} servers (fsync {}, {}), {} clients, {} s (at most {} writes)",
         cluster.servers.len(),
         args.cluster.fsync(),
+        if args.cluster.tls {
+            "TLS"
+        } else {
+            "plain HTTP"
+        },
         args.clients,
         args.seconds,
         args.max_ops

@@ -11,6 +11,7 @@ mod bench_soak;
 mod bench_steady;
 mod bench_throughput;
 mod bench_writers;
+pub mod certs;
 pub mod client;
 mod client_output;
 mod client_tls;

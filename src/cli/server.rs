@@ -83,6 +83,9 @@ struct LimitArgs {
     /// limit); more are answered 429 with Retry-After.
     #[arg(long, default_value_t = server::limits::DEFAULT_INITS_PER_MINUTE)]
     inits_per_minute: u32,
+    /// Seconds a client may stay without ever logging in before it is forgotten (0: never).
+    #[arg(long, default_value_t = server::limits::DEFAULT_CLIENT_TTL.as_secs())]
+    client_ttl_secs: u64,
 }
 
 const fn millis(d: Duration) -> u64 {
@@ -133,6 +136,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             header_read_timeout: Duration::from_millis(args.limits.header_read_timeout_ms.max(1)),
             body_read_timeout: Duration::from_millis(args.limits.body_read_timeout_ms.max(1)),
             inits_per_minute: args.limits.inits_per_minute,
+            client_ttl: (args.limits.client_ttl_secs > 0)
+                .then(|| Duration::from_secs(args.limits.client_ttl_secs)),
         },
     };
     let stop = CancellationToken::new();

@@ -5,8 +5,9 @@
 //! Every so often the replica freezes that layer and hands it to the storage side, which
 //! writes it to the store in one durable transaction; once that is reported, the layer is
 //! dropped and reads find the same records in the store. Reads look from the newest layer
-//! down to the store. No record is ever deleted, so a layer only adds or replaces records,
-//! and a record found in a newer layer is the current one. Memory is bounded by what is
+//! down to the store. A layer adds or replaces records, and removes clients (an expired
+//! client that never logged in): a record found in a newer layer is the current one, and a
+//! removal in a newer layer hides the record below it. Memory is bounded by what is
 //! applied between two flushes, not by the size of the board.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -69,7 +70,9 @@ impl<S: Store> Machine<S> {
 
     /// Records held in memory, for the bound the tests check.
     pub fn layered_records(&self) -> usize {
-        let size = |t: &MemTables| t.clients.len() + t.users.len() + t.messages.len();
+        let size = |t: &MemTables| {
+            t.clients.len() + t.removed_clients.len() + t.users.len() + t.messages.len()
+        };
         size(&self.active) + self.frozen.iter().map(|(_, t)| size(t)).sum::<usize>()
     }
 
@@ -102,6 +105,9 @@ impl<S: Store> Tables for Machine<S> {
         for layer in self.layers() {
             if let Some(record) = layer.clients.get(client_id) {
                 return Ok(Some(record.clone()));
+            }
+            if layer.removed_clients.contains(client_id) {
+                return Ok(None);
             }
         }
         self.store.client(client_id)
@@ -143,7 +149,22 @@ impl<S: Store> Tables for Machine<S> {
     }
 
     fn clients(&self) -> Result<Vec<(String, ClientRecord)>> {
-        Ok(self.merged(self.store.clients()?, |t| &t.clients))
+        let mut all: BTreeMap<String, ClientRecord> = self.store.clients()?.into_iter().collect();
+        // Oldest first; within a layer removals and records never name the same client.
+        let oldest_first = self
+            .frozen
+            .iter()
+            .map(|(_, t)| t.as_ref())
+            .chain(std::iter::once(&self.active));
+        for layer in oldest_first {
+            for id in &layer.removed_clients {
+                all.remove(id);
+            }
+            for (id, record) in &layer.clients {
+                all.insert(id.clone(), record.clone());
+            }
+        }
+        Ok(all.into_iter().collect())
     }
 
     fn users(&self) -> Result<Vec<(String, String)>> {
@@ -158,6 +179,10 @@ impl<S: Store> Tables for Machine<S> {
 impl<S: Store> TablesMut for Machine<S> {
     fn put_client(&mut self, client_id: &str, record: ClientRecord) {
         self.active.put_client(client_id, record);
+    }
+
+    fn remove_client(&mut self, client_id: &str) {
+        self.active.remove_client(client_id);
     }
 
     fn put_user(&mut self, username: &str, password_hash: &str) {

@@ -12,7 +12,9 @@
 
 use super::reads::ReadWait;
 use super::{Replica, Store, Submitted};
-use crate::app::{Command, MessageCheck, Outcome, Request, Tables, check_message, session_valid};
+use crate::app::{
+    Command, MessageCheck, Outcome, Request, Tables, check_message, never_logged_in, session_valid,
+};
 use crate::error::{Error, Result};
 
 impl<S: Store, W> Replica<S, W> {
@@ -120,6 +122,19 @@ impl<S: Store, W> Replica<S, W> {
                 MessageCheck::Rejected(rejection) => {
                     return Ok(Checked::Refused(rejection.into_error()));
                 }
+            },
+            Command::ExpireClient { client_id } => match tables.client(client_id)? {
+                None => {
+                    return Ok(Checked::Refused(Error::NotFound(format!(
+                        "no client {client_id}"
+                    ))));
+                }
+                Some(client) if !never_logged_in(&client) => {
+                    return Ok(Checked::Refused(Error::Conflict(format!(
+                        "client {client_id} has logged in; it does not expire"
+                    ))));
+                }
+                Some(_) => {}
             },
         }
         Ok(Checked::Propose)

@@ -250,3 +250,79 @@ fn applied_changes_are_flushed_in_batches_and_the_log_compacted_behind_them() {
     assert_eq!(board.len(), 45);
     assert_eq!(board[44].text, "m45");
 }
+
+/// Rule (expiry through the layers): a client that never logged in, once flushed to the
+/// store, is gone from every read as soon as its expiry is applied (the removal in memory
+/// hides the store's record), and from the store itself after the next flush; a client that
+/// logged in is refused expiry before anything is proposed.
+#[test]
+fn an_expired_client_is_gone_from_reads_at_once_and_from_the_store_after_a_flush() {
+    let settings = Settings {
+        flush_every_entries: 3,
+        flush_every_ticks: u32::MAX,
+        ..Settings::default()
+    };
+    let mut one = One::logged_in(settings);
+    one.submit(
+        Command::InitClient {
+            client_id: "idle".into(),
+            address: "127.0.0.1:10".into(),
+        },
+        20,
+    );
+    one.settle();
+    for seq in 1..=3 {
+        one.submit(message(seq, "flush me"), 20 + seq as u32);
+        one.settle();
+    }
+    assert!(
+        one.store.client("idle").unwrap().is_some(),
+        "flushed to the store"
+    );
+    let clients_before = one.replica.tables().counters().unwrap().clients;
+
+    one.submit(
+        Command::ExpireClient {
+            client_id: "idle".into(),
+        },
+        30,
+    );
+    one.settle();
+    assert!(matches!(
+        one.replies.last(),
+        Some((30, Answer::Outcome(Ok(Outcome::ClientExpired { .. }))))
+    ));
+    let tables = one.replica.tables();
+    assert_eq!(tables.client("idle").unwrap(), None);
+    assert!(tables.clients().unwrap().iter().all(|(id, _)| id != "idle"));
+    assert_eq!(tables.counters().unwrap().clients, clients_before - 1);
+
+    for seq in 4..=6 {
+        one.submit(message(seq, "flush again"), 30 + seq as u32);
+        one.settle();
+    }
+    assert_eq!(
+        one.store.client("idle").unwrap(),
+        None,
+        "removed from the store"
+    );
+    assert!(one.store.client("c1").unwrap().is_some());
+
+    let last = one.replica.node().status().last_index;
+    assert!(matches!(
+        one.submit(
+            Command::ExpireClient {
+                client_id: "c1".into()
+            },
+            40
+        ),
+        None | Some(Err(crate::Error::Conflict(_)))
+    ));
+    one.settle();
+    assert!(one.replica.tables().client("c1").unwrap().is_some());
+    assert_eq!(
+        one.replica.node().status().last_index,
+        last,
+        "nothing proposed"
+    );
+}

@@ -51,10 +51,13 @@ pub async fn init(
         address: SocketAddr::new(peer.ip(), port).to_string(),
     };
     match propose(&app, peer, command).await? {
-        Outcome::ClientAdded { client_id } => Ok(Json(InitResponse {
-            client_id,
-            primary: app.id.clone(),
-        })),
+        Outcome::ClientAdded { client_id } => {
+            app.expiry.note(client_id.clone(), Instant::now());
+            Ok(Json(InitResponse {
+                client_id,
+                primary: app.id.clone(),
+            }))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -1,7 +1,7 @@
 //! Abuse limits that are not about passwords (those are `credentials::LoginLimiter`): the
 //! server's configurable bounds, and a per-source-address rate limit for the calls anyone
 //! may make without credentials (`client/init`, `client/register`), each of which stores a
-//! replicated record.
+//! replicated record. (Clients that never log in expire: `expiry.rs`.)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +17,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// as many): a few hundred people behind one address start comfortably, and a loop of inits
 /// stores ten a second rather than thousands.
 pub const DEFAULT_INITS_PER_MINUTE: u32 = 600;
+/// Default time a client may stay without ever logging in before it is forgotten.
+pub const DEFAULT_CLIENT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Sources remembered at most; past this the idle ones are forgotten first.
 const MAX_SOURCES: usize = 100_000;
 
@@ -31,6 +33,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// `client/init` plus `client/register` per source address per minute; 0 for no limit.
     pub inits_per_minute: u32,
+    /// How long a client may stay without ever logging in; `None`: forever.
+    pub client_ttl: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -40,6 +44,7 @@ impl Default for Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             inits_per_minute: DEFAULT_INITS_PER_MINUTE,
+            client_ttl: Some(DEFAULT_CLIENT_TTL),
         }
     }
 }

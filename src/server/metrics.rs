@@ -41,7 +41,7 @@ struct PeerLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    endpoint: String,
+    endpoint: &'static str,
     status: u16,
 }
 
@@ -106,6 +106,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     logins: Family<ResultLabel, Counter>,
     limited: Family<LimitLabel, Counter>,
+    clients_expired: Counter,
     notifications: Family<ResultLabel, Counter>,
     transfers: Family<DirectionLabel, Counter>,
     transfer_bytes: Family<DirectionLabel, Counter>,
@@ -154,6 +155,7 @@ impl Metrics {
             requests: Family::default(),
             logins: Family::default(),
             limited: Family::default(),
+            clients_expired: Counter::default(),
             notifications: Family::default(),
             transfers: Family::default(),
             transfer_bytes: Family::default(),
@@ -253,6 +255,11 @@ impl Metrics {
             inner.limited.clone(),
         );
         r.register(
+            "clients_expired",
+            "Clients forgotten because they never logged in within the configured time",
+            inner.clients_expired.clone(),
+        );
+        r.register(
             "new_primary_notifications",
             "POST /new-primary calls to clients, by result (ok, failed)",
             inner.notifications.clone(),
@@ -325,17 +332,13 @@ impl Metrics {
         self.0.log_batch.observe(entries as f64);
     }
 
-    pub fn request(&self, endpoint: &str, status: u16) {
+    pub fn request(&self, endpoint: &'static str, status: u16) {
         self.0
             .requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.to_string(),
-                status,
-            })
+            .get_or_create(&RequestLabels { endpoint, status })
             .inc();
     }
 
-    /// A login attempt's result: "ok", "failed" or "locked_out".
     /// A request or connection refused by an abuse limit: `login`, `init` (client/init and
     /// client/register per source address), `connections`, `header_timeout` (no complete
     /// request head in time, idle keep-alive connections included), `body_timeout`.
@@ -343,6 +346,12 @@ impl Metrics {
         self.0.limited.get_or_create(&LimitLabel { limit }).inc();
     }
 
+    /// A client that never logged in was forgotten.
+    pub fn client_expired(&self) {
+        self.0.clients_expired.inc();
+    }
+
+    /// A login attempt's result: "ok", "failed" or "locked_out".
     pub fn login(&self, result: &'static str) {
         self.0.logins.get_or_create(&ResultLabel { result }).inc();
     }

@@ -17,6 +17,7 @@ mod credentials;
 mod dashboard;
 pub(crate) mod driver;
 mod events;
+mod expiry;
 mod join;
 pub mod limits;
 pub mod listen;
@@ -126,6 +127,8 @@ pub struct Shared {
     pub http: HttpClient,
     /// Client inits and registrations per source address.
     pub init_limiter: limits::SourceLimiter,
+    /// Clients admitted here that have not logged in yet, for their expiry.
+    pub expiry: expiry::Expiry,
     /// How long a request body may take to arrive.
     pub body_read_timeout: Duration,
     pub metrics: Metrics,
@@ -323,6 +326,7 @@ pub async fn serve_until(
         secret: config.secret.clone(),
         http: http.clone(),
         init_limiter: limits::SourceLimiter::per_minute(config.limits.inits_per_minute),
+        expiry: expiry::Expiry::default(),
         body_read_timeout: config.limits.body_read_timeout,
         metrics: metrics.clone(),
         data_dir: config.data_dir.clone(),
@@ -330,6 +334,9 @@ pub async fn serve_until(
         told,
     });
     let handle_for_stop = app.driver.clone();
+    if let Some(ttl) = config.limits.client_ttl {
+        tokio::spawn(expiry::run(app.clone(), ttl, shutdown.clone()));
+    }
 
     if fresh && !join.is_empty() {
         tokio::spawn(join::join_cluster(

@@ -45,12 +45,9 @@ impl IntoResponse for Error {
 /// endpoint and status.
 pub async fn finish_response(
     State(app): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    request
-        .extensions_mut()
-        .insert(BodyReadTimeout(app.body_read_timeout));
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
@@ -111,24 +108,16 @@ fn endpoint_name(path: &str) -> &'static str {
 /// malformed, missing or wrong-typed, or not an object, is 400.
 pub struct JsonBody<T>(pub T);
 
-/// How long a body may take to arrive, set on every request by [`finish_response`].
-#[derive(Clone, Copy, Debug)]
-pub struct BodyReadTimeout(pub std::time::Duration);
-
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<T> FromRequest<AppState> for JsonBody<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = Error;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, Self::Rejection> {
         // A slow sender must not hold a connection and a handler forever.
-        let timeout = request
-            .extensions()
-            .get::<BodyReadTimeout>()
-            .map_or(super::limits::DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
-        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, state))
+        let timeout = app.body_read_timeout;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, app))
             .await
             .map_err(|_| Error::RequestTimeout)?
             .map_err(|rejection| {

@@ -448,6 +448,7 @@ pub fn show(entry: &Entry) -> String {
             Ok(Command::Login { client_id, .. }) => format!("login {client_id}"),
             Ok(Command::Logout { client_id, .. }) => format!("logout {client_id}"),
             Ok(Command::Message { client_id, seq, .. }) => format!("message {client_id}#{seq}"),
+            Ok(Command::ExpireClient { client_id }) => format!("expire {client_id}"),
             Err(err) => format!("undecodable command ({err})"),
         },
     };

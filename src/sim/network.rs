@@ -24,8 +24,9 @@ pub struct SnapshotTransfer {
     pub to: NodeId,
     /// The sender's term when it started sending.
     pub term: Term,
-    /// The store as it was on the sender's disk when it started sending.
-    pub store: super::storage::StoreFile,
+    /// The store as it was on the sender's disk when it started sending (boxed: events
+    /// carry packets by value, and most are small messages).
+    pub store: Box<super::storage::StoreFile>,
 }
 
 impl SnapshotTransfer {

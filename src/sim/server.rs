@@ -312,7 +312,7 @@ impl Server {
                     from: self.id.clone(),
                     to,
                     term,
-                    store: self.storage.store().contents(),
+                    store: Box::new(self.storage.store().contents()),
                 }),
                 Output::Reply(Some(Caller::Client(waiter)), Answer::Outcome(result)) => {
                     effects.replies.push((waiter, result));
@@ -353,7 +353,7 @@ impl Server {
         if !replica.install(transfer.from.clone(), transfer.term, meta.clone()) {
             return None;
         }
-        self.incoming.push_back(transfer.store.clone());
+        self.incoming.push_back((*transfer.store).clone());
         Some(meta.position)
     }
 

@@ -55,6 +55,10 @@ impl TablesMut for Recording {
         self.all.put_client(id, record.clone());
         self.changes.put_client(id, record);
     }
+    fn remove_client(&mut self, id: &str) {
+        self.all.remove_client(id);
+        self.changes.remove_client(id);
+    }
     fn put_user(&mut self, name: &str, hash: &str) {
         self.all.put_user(name, hash);
         self.changes.put_user(name, hash);
@@ -69,11 +73,11 @@ impl TablesMut for Recording {
     }
 }
 
-/// A random request over a few clients and users: most are messages.
+/// A random request over a few clients and users: most are messages; some expire clients.
 fn random_request(rng: &mut ChaCha8Rng, seq: &mut u64) -> Request {
     let client = format!("c{}", rng.random_range(0..6));
     let user = format!("u{}", rng.random_range(0..4));
-    let command = match rng.random_range(0..10) {
+    let command = match rng.random_range(0..11) {
         0 => Command::InitClient {
             client_id: client,
             address: format!("127.0.0.1:{}", rng.random_range(9000..9100)),
@@ -91,6 +95,7 @@ fn random_request(rng: &mut ChaCha8Rng, seq: &mut u64) -> Request {
             token_hash: format!("token-{client}"),
             client_id: client,
         },
+        4 => Command::ExpireClient { client_id: client },
         _ => {
             *seq += 1;
             Command::Message {

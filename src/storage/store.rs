@@ -209,6 +209,9 @@ fn write_records(
             )?;
         }
         let mut clients = try_store!("clients", txn.open_table(CLIENTS))?;
+        for id in &changes.removed_clients {
+            try_store!("clients", clients.remove(id.as_str()))?;
+        }
         for (id, record) in &changes.clients {
             try_store!(
                 "clients",

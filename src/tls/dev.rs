@@ -1,13 +1,14 @@
-//! Throw-away certificates: a CA made on the spot and certificates it signs, for
-//! `understudy demo --tls` and the tests. Real deployments bring their own (see the README,
-//! "Running on a real network").
+//! A small certificate authority: a CA made on the spot (or read back from its files) and the
+//! certificates it signs, for `understudy certs`, `understudy demo --tls` and the tests.
+//! Deployments with a CA of their own use that instead (see the README, "Running on a real
+//! network").
 
 use std::fs;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 use super::TlsFiles;
@@ -17,9 +18,11 @@ fn failed(err: rcgen::Error) -> Error {
     Error::Internal(format!("making a certificate: {err}"))
 }
 
-/// A certificate authority whose key lives only in memory.
+/// A certificate authority: its certificate and the key that signs with it.
 pub struct Authority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
 }
 
 /// A certificate and its key, both PEM.
@@ -40,13 +43,48 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
         ];
         let key = KeyPair::generate().map_err(failed)?;
-        let issuer = CertifiedIssuer::self_signed(params, key).map_err(failed)?;
-        Ok(Authority { issuer })
+        let cert_pem = params.self_signed(&key).map_err(failed)?.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Authority {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// The CA whose certificate and key are in `cert` and `key` (PEM), as [`save`] wrote
+    /// them.
+    ///
+    /// [`save`]: Authority::save
+    pub fn load(cert: &Path, key: &Path) -> Result<Authority> {
+        let cert_pem = fs::read_to_string(cert)?;
+        let key_pem = fs::read_to_string(key)?;
+        let signing = KeyPair::from_pem(&key_pem).map_err(|err| {
+            Error::BadRequest(format!("{}: not a usable key: {err}", key.display()))
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, signing).map_err(|err| {
+            Error::BadRequest(format!(
+                "{}: not a usable CA certificate: {err}",
+                cert.display()
+            ))
+        })?;
+        Ok(Authority {
+            issuer,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Writes the CA's certificate to `cert` and its key to `key` (readable by the owner
+    /// only).
+    pub fn save(&self, cert: &Path, key: &Path) -> Result<()> {
+        fs::write(cert, &self.cert_pem)?;
+        write_private(key, self.key_pem.as_bytes())
     }
 
     /// The CA's certificate, PEM: what clients and servers are told to trust.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// A certificate for `hosts` (IP addresses or DNS names), good for both ends of a
