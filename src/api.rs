@@ -173,6 +173,7 @@ pub struct ReadQuery {
 
 /// `POST /replication/hand-over`: the primary hands its office over.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HandOverRequest {
     /// The backup to hand over to; the most up-to-date one if absent.
     #[serde(default)]
@@ -187,6 +188,7 @@ pub struct HandOverResponse {
 
 /// `POST /new-primary` on a client's notification listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewPrimary {
     pub primary: String,
     pub term: u64,
@@ -194,6 +196,7 @@ pub struct NewPrimary {
 
 /// `POST /replication/init-backup`: a new server asks to join as a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InitBackupRequest {
     /// The joining server's advertised address.
     pub id: String,
@@ -212,6 +215,7 @@ pub struct InitBackupResponse {
 
 /// `POST /replication/set-backups`: the primary tells a backup every backup there is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetBackupsRequest {
     pub primary: String,
     pub term: u64,
@@ -221,6 +225,7 @@ pub struct SetBackupsRequest {
 /// `POST /replication/remove-server`: an operator removes a (dead) server from the
 /// configuration, through the primary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveServerRequest {
     pub id: String,
 }

@@ -10,6 +10,7 @@ mod support;
 
 use serde_json::json;
 use understudy::client::http::Method;
+use understudy::server::AUTH_HEADER;
 
 use support::inproc::{PASSWORD, Server, assert_error, json_headers, server_with_alice};
 
@@ -619,5 +620,39 @@ async fn a_thousand_wrong_logins_from_one_address_do_not_lock_alice_out() {
         200,
         "alice logs in from elsewhere"
     );
+    server.stop().await;
+}
+
+/// Strict input from peers too: a signed peer request whose JSON body has an extra field,
+/// a missing one or another shape is answered 400, like a client's.
+#[tokio::test]
+async fn a_signed_peer_body_of_the_wrong_shape_is_a_bad_request() {
+    let server = Server::start().await;
+    let path = "/replication/set-backups";
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "an extra field",
+            br#"{"primary":"127.0.0.1:1","term":1,"backups":[],"extra":1}"#,
+        ),
+        (
+            "a missing field",
+            br#"{"primary":"127.0.0.1:1","backups":[]}"#,
+        ),
+        ("an array", br#"["127.0.0.1:1",1,[]]"#),
+        (
+            "a wrong type",
+            br#"{"primary":"127.0.0.1:1","term":"one","backups":[]}"#,
+        ),
+    ];
+    for (case, body) in cases {
+        let headers = vec![
+            (AUTH_HEADER, server.secret.sign("POST", path, body)),
+            ("content-type", "application/json".to_string()),
+        ];
+        let reply = server
+            .request(Method::POST, path, &headers, Some(body))
+            .await;
+        assert_error(&reply, 400, "bad_request", case);
+    }
     server.stop().await;
 }
