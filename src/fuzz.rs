@@ -443,7 +443,7 @@ fn check_json_bodies(input: &[u8]) -> Result<(), String> {
 fn http_seeds() -> Vec<Vec<u8>> {
     [
         "POST /client/demo-message HTTP/1.1\r\nhost: 127.0.0.1:7001\r\nauthorization: Bearer 0123456789abcdef0123456789abcdef\r\ncontent-type: application/json\r\ncontent-length: 61\r\n\r\n",
-        "POST /replication/set-backups HTTP/1.1\r\nhost: 127.0.0.1:7001\r\nx-understudy-auth: t=1764600000,sig=00ff00ff\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /replication/set-backups HTTP/1.1\r\nhost: 127.0.0.1:7001\r\nx-understudy-auth: t=1764600000,n=00112233445566778899aabbccddeeff,sig=00ff00ff\r\ncontent-length: 2\r\n\r\n{}",
         "GET /messages?from=1&limit=100 HTTP/1.1\r\nhost: x\r\n\r\n",
         "GET /replication/stream HTTP/1.1\r\nconnection: upgrade\r\nupgrade: understudy-peer/1\r\n\r\n",
     ]

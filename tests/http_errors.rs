@@ -656,3 +656,26 @@ async fn a_signed_peer_body_of_the_wrong_shape_is_a_bad_request() {
     }
     server.stop().await;
 }
+
+/// Security (replays): a signed peer request is accepted once; the same bytes sent again
+/// are refused with 401 before any handler sees them.
+#[tokio::test]
+async fn a_replayed_peer_request_is_refused() {
+    let server = Server::start().await;
+    let path = "/replication/set-backups";
+    // Authentication passes, then the handler refuses the empty body: 400 shows it got in.
+    let body: &[u8] = b"{}";
+    let headers = vec![
+        (AUTH_HEADER, server.secret.sign("POST", path, body)),
+        ("content-type", "application/json".to_string()),
+    ];
+    let first = server
+        .request(Method::POST, path, &headers, Some(body))
+        .await;
+    assert_error(&first, 400, "bad_request", "the first use");
+    let replay = server
+        .request(Method::POST, path, &headers, Some(body))
+        .await;
+    assert_error(&replay, 401, "unauthorized", "the replay");
+    server.stop().await;
+}

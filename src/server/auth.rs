@@ -1,10 +1,14 @@
 //! Authentication of server-to-server requests with the cluster secret.
 //!
-//! Every peer request carries `X-Understudy-Auth: t=<unix seconds>,sig=<hex>` where `sig` is
-//! HMAC-SHA256 over the timestamp, method, path and a SHA-256 of the body. The secret itself
-//! never crosses the wire, a signature covers exactly one body, and the timestamp bounds how
-//! long a captured request can be replayed.
+//! Every peer request carries `X-Understudy-Auth: t=<unix seconds>,n=<nonce>,sig=<hex>`
+//! where `sig` is HMAC-SHA256 over the timestamp, a fresh random nonce, the method, the path
+//! and a SHA-256 of the body. The secret itself never crosses the wire, a signature covers
+//! exactly one body, and a request is accepted once: the timestamp bounds how long a
+//! signature is valid, and the receiver remembers the nonces it accepted for that long
+//! ([`ReplayGuard`]), so a captured request replayed is refused.
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, to_bytes};
@@ -25,6 +29,11 @@ const MAX_SKEW_SECS: u64 = 300;
 pub const MAX_PEER_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Shortest accepted secret, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
+/// Bytes of a signature's nonce (hex on the wire).
+const NONCE_BYTES: usize = 16;
+/// Nonces remembered at most. Peers send a few requests a second at most (joins, backup
+/// lists, state chunks, hand-overs); past this the guard refuses rather than forgets.
+const MAX_REMEMBERED_NONCES: usize = 1_000_000;
 
 /// The shared secret of a cluster.
 #[derive(Clone)]
@@ -53,32 +62,37 @@ impl ClusterSecret {
         &self.0
     }
 
-    /// The header value that authenticates `method path` with `body`, signed now.
+    /// The header value that authenticates `method path` with `body`, signed now with a
+    /// fresh nonce.
     pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
         let t = unix_now();
-        format!("t={t},sig={}", hex::encode(self.mac(t, method, path, body)))
+        let nonce = hex::encode(rand::random::<[u8; NONCE_BYTES]>());
+        let sig = hex::encode(self.mac(t, &nonce, method, path, body));
+        format!("t={t},n={nonce},sig={sig}")
     }
 
-    /// Checks a header value made by [`sign`](Self::sign).
+    /// Checks a header value made by [`sign`](Self::sign): well formed, fresh, and signed
+    /// under this secret for exactly this request. (Whether it was used before is the
+    /// [`ReplayGuard`]'s question.)
     pub fn verify(&self, header: &str, method: &str, path: &str, body: &[u8]) -> bool {
-        let Some((t, sig)) = parse_header(header) else {
+        let Some(signed) = parse_header(header) else {
             return false;
         };
-        if unix_now().abs_diff(t) > MAX_SKEW_SECS {
+        if unix_now().abs_diff(signed.t) > MAX_SKEW_SECS {
             return false;
         }
-        let Ok(sig) = hex::decode(sig) else {
+        let Ok(sig) = hex::decode(signed.sig) else {
             return false;
         };
         let mut mac = self.keyed();
-        mac.update(&message(t, method, path, body));
+        mac.update(&message(signed.t, signed.nonce, method, path, body));
         // Constant-time comparison.
         mac.verify_slice(&sig).is_ok()
     }
 
-    fn mac(&self, t: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    fn mac(&self, t: u64, nonce: &str, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
         let mut mac = self.keyed();
-        mac.update(&message(t, method, path, body));
+        mac.update(&message(t, nonce, method, path, body));
         mac.finalize().into_bytes().to_vec()
     }
 
@@ -87,21 +101,74 @@ impl ClusterSecret {
     }
 }
 
-fn message(t: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+fn message(t: u64, nonce: &str, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let body_hash = hex::encode(Sha256::digest(body));
-    format!("{t}\n{method}\n{path}\n{body_hash}").into_bytes()
+    format!("{t}\n{nonce}\n{method}\n{path}\n{body_hash}").into_bytes()
 }
 
-pub(crate) fn parse_header(header: &str) -> Option<(u64, &str)> {
-    let (t, sig) = header.split_once(',')?;
-    let t = t.strip_prefix("t=")?.parse().ok()?;
-    let sig = sig.strip_prefix("sig=")?;
-    Some((t, sig))
+/// The parts of a signature header.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Signed<'a> {
+    pub t: u64,
+    pub nonce: &'a str,
+    pub sig: &'a str,
+}
+
+pub(crate) fn parse_header(header: &str) -> Option<Signed<'_>> {
+    let mut parts = header.split(',');
+    let t = parts.next()?.strip_prefix("t=")?.parse().ok()?;
+    let nonce = parts.next()?.strip_prefix("n=")?;
+    let sig = parts.next()?.strip_prefix("sig=")?;
+    let well_formed = parts.next().is_none()
+        && nonce.len() == 2 * NONCE_BYTES
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then_some(Signed { t, nonce, sig })
+}
+
+/// The nonces of the peer requests accepted within a signature's lifetime: a request whose
+/// nonce was seen is a replay. Memory is bounded: a nonce is forgotten once a request
+/// carrying it could no longer pass the freshness check.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    nonces: HashSet<String>,
+    /// (accepted at, nonce), oldest first.
+    order: VecDeque<(u64, String)>,
+}
+
+impl ReplayGuard {
+    /// Whether `nonce` is used for the first time (it is remembered from now on), at Unix
+    /// time `now`.
+    pub fn first_use(&self, nonce: &str, now: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // A signature is fresh for MAX_SKEW_SECS either side of its time, and was accepted
+        // no earlier than MAX_SKEW_SECS before that time: after twice that, no copy of it
+        // can pass the freshness check any more.
+        while seen
+            .order
+            .front()
+            .is_some_and(|(at, _)| at + 2 * MAX_SKEW_SECS < now)
+        {
+            if let Some((_, old)) = seen.order.pop_front() {
+                seen.nonces.remove(&old);
+            }
+        }
+        if seen.nonces.contains(nonce) || seen.nonces.len() >= MAX_REMEMBERED_NONCES {
+            return false;
+        }
+        seen.nonces.insert(nonce.to_string());
+        seen.order.push_back((now, nonce.to_string()));
+        true
+    }
 }
 
 /// Whether a header is well formed and its timestamp within the allowed skew.
 fn fresh(header: &str) -> bool {
-    parse_header(header).is_some_and(|(t, _)| unix_now().abs_diff(t) <= MAX_SKEW_SECS)
+    parse_header(header).is_some_and(|signed| unix_now().abs_diff(signed.t) <= MAX_SKEW_SECS)
 }
 
 fn unix_now() -> u64 {
@@ -116,6 +183,8 @@ fn unix_now() -> u64 {
 pub struct PeerGate {
     pub secret: ClusterSecret,
     pub require_certificate: bool,
+    /// Each signed request is accepted once.
+    pub replays: Arc<ReplayGuard>,
 }
 
 impl PeerGate {
@@ -124,6 +193,7 @@ impl PeerGate {
         PeerGate {
             secret,
             require_certificate: false,
+            replays: Arc::default(),
         }
     }
 }
@@ -170,6 +240,12 @@ pub async fn require_peer_auth(
     if !secret.verify(&header, parts.method.as_str(), parts.uri.path(), &bytes) {
         return unauthorized();
     }
+    let replayed = parse_header(&header)
+        .is_none_or(|signed| !gate.replays.first_use(signed.nonce, unix_now()));
+    if replayed {
+        return Error::Unauthorized("this peer request was already used".to_string())
+            .into_response();
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
@@ -191,6 +267,28 @@ mod tests {
         assert!(!other.verify(&header, "POST", "/replication/messages", b"body"));
         assert!(!secret.verify("garbage", "POST", "/replication/messages", b"body"));
         assert!(!secret.verify("t=1,sig=00", "POST", "/replication/messages", b"body"));
+        // The nonce is signed too.
+        let signed = parse_header(&header).unwrap();
+        let other_nonce = header.replace(signed.nonce, &"0".repeat(2 * NONCE_BYTES));
+        assert!(!secret.verify(&other_nonce, "POST", "/replication/messages", b"body"));
+    }
+
+    /// Security (replays): two signatures of the same request differ; each nonce is
+    /// accepted once, and forgotten only once no copy could pass the freshness check.
+    #[test]
+    fn each_signed_request_is_accepted_once() {
+        let secret = ClusterSecret::new("correct horse battery staple").unwrap();
+        let first = secret.sign("POST", "/replication/set-backups", b"{}");
+        let second = secret.sign("POST", "/replication/set-backups", b"{}");
+        assert_ne!(first, second);
+        let guard = ReplayGuard::default();
+        let nonce = |header: &str| parse_header(header).unwrap().nonce.to_string();
+        let now = 1_000_000;
+        assert!(guard.first_use(&nonce(&first), now));
+        assert!(guard.first_use(&nonce(&second), now));
+        assert!(!guard.first_use(&nonce(&first), now + 1));
+        assert!(!guard.first_use(&nonce(&first), now + 2 * MAX_SKEW_SECS));
+        assert!(guard.first_use(&nonce(&first), now + 2 * MAX_SKEW_SECS + 1));
     }
 
     /// Contract: the secret is at least 16 bytes; surrounding white space is ignored.

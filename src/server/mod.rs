@@ -356,6 +356,7 @@ pub async fn serve_until(
     let gate = PeerGate {
         secret: config.secret.clone(),
         require_certificate: config.tls.is_some(),
+        replays: Arc::default(),
     };
     let listen_options = listen::ListenOptions {
         tls: config.tls.clone(),
