@@ -1,5 +1,7 @@
 //! A simulated client's script and state: introduce itself, register, log in, then post
-//! numbered messages one at a time; the attempt under way and where it was sent. What a
+//! numbered messages one at a time; or, for an idle client, introduce itself and never log
+//! in, after which its expiry is proposed (as the primary's expiry task does) through the
+//! same path. The attempt under way and where it was sent. What a
 //! client does when it wakes or is answered is in `clients.rs`, as part of the run.
 
 use rand::Rng;
@@ -20,6 +22,8 @@ pub enum Step {
     Login,
     /// Posting the message with this `seq`.
     Message(u64),
+    /// An idle client's expiry (`ExpireClient` of its own id).
+    Expire,
     Done,
 }
 
@@ -44,6 +48,8 @@ pub struct Client {
     /// such a request finish, and starts no new one).
     pub started: bool,
     attempts: u64,
+    /// Never logs in: its script is `Init`, then `Expire`.
+    idle: bool,
 }
 
 impl Client {
@@ -56,6 +62,15 @@ impl Client {
             target,
             started: false,
             attempts: 0,
+            idle: false,
+        }
+    }
+
+    /// A client that introduces itself, never logs in, and is then expired.
+    pub fn idle(number: usize, target: usize) -> Client {
+        Client {
+            idle: true,
+            ..Client::new(number, target)
         }
     }
 
@@ -94,6 +109,9 @@ impl Client {
                 seq,
                 text: self.text(seq),
             },
+            Step::Expire => Command::ExpireClient {
+                client_id: self.id.clone(),
+            },
             Step::Done => return None,
         };
         Some(Request {
@@ -117,14 +135,17 @@ impl Client {
 
     /// Judges the outcome of the current step. `Ok(Some(index))` for a posted message.
     /// Retries make some refusals expected: a second `InitClient` or `Register` of our own
-    /// finds the first one done.
+    /// finds the first one done, a second `ExpireClient` finds the client gone. An expiry
+    /// must never find the idle client logged in.
     pub fn judge(&self, outcome: &Outcome) -> Result<Option<u64>, String> {
         match (self.step, outcome) {
             (Step::Init, Outcome::ClientAdded { .. })
             | (Step::Init, Outcome::Rejected(Rejection::Conflict(_)))
             | (Step::Register, Outcome::Registered { .. })
             | (Step::Register, Outcome::Rejected(Rejection::Conflict(_)))
-            | (Step::Login, Outcome::LoggedIn) => Ok(None),
+            | (Step::Login, Outcome::LoggedIn)
+            | (Step::Expire, Outcome::ClientExpired { .. })
+            | (Step::Expire, Outcome::Rejected(Rejection::NotFound(_))) => Ok(None),
             (Step::Message(_), Outcome::Posted { index }) => Ok(Some(*index)),
             (step, outcome) => Err(format!(
                 "client {} got {outcome:?} for its step {step:?}",
@@ -136,6 +157,8 @@ impl Client {
     /// The current step is done: on to the next.
     pub fn advance(&mut self) {
         self.step = match self.step {
+            Step::Init if self.idle => Step::Expire,
+            Step::Expire => Step::Done,
             Step::Init => Step::Register,
             Step::Register => Step::Login,
             Step::Login => Step::Message(1),

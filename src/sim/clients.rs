@@ -1,5 +1,6 @@
 //! Simulated clients: each introduces itself, registers, logs in, then posts numbered
-//! messages one at a time, through whichever server it believes is the primary.
+//! messages one at a time, through whichever server it believes is the primary (an idle
+//! one introduces itself and then has its expiry proposed).
 //!
 //! A client retries the same request (same `client_id`, `seq` and text, so the application
 //! can answer it at most once) after a timeout, a crashed server, or a refusal; a
@@ -153,6 +154,10 @@ impl Sim {
             // A retried registration finds the user registered by an earlier attempt.
             Error::Conflict(m) if client.step == Step::Register => {
                 return self.client_done(c, Outcome::Rejected(Rejection::Conflict(m)));
+            }
+            // A retried expiry finds the client expired by an earlier attempt.
+            Error::NotFound(m) if client.step == Step::Expire => {
+                return self.client_done(c, Outcome::Rejected(Rejection::NotFound(m)));
             }
             other => {
                 return Err(Violation::new(

@@ -124,9 +124,15 @@ impl Sim {
                 )
             })
             .collect();
-        let clients = (0..plan.clients)
+        // And one more client that never logs in and is expired: a deletion goes through the
+        // same logs, flushes, crashes and state transfers as everything else.
+        let mut clients: Vec<Client> = (0..plan.clients)
             .map(|c| Client::new(c + 1, rng.random_range(0..config.nodes)))
             .collect();
+        clients.push(Client::idle(
+            plan.clients + 1,
+            rng.random_range(0..config.nodes),
+        ));
         let report = Report {
             joined: plan.join,
             calm: plan.calm,
