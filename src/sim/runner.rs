@@ -124,15 +124,20 @@ impl Sim {
                 )
             })
             .collect();
-        // And one more client that never logs in and is expired: a deletion goes through the
-        // same logs, flushes, crashes and state transfers as everything else.
-        let mut clients: Vec<Client> = (0..plan.clients)
-            .map(|c| Client::new(c + 1, rng.random_range(0..config.nodes)))
+        // With two clients or more, the last never logs in and is expired: a deletion goes
+        // through the same logs, flushes, crashes and state transfers as everything else.
+        // (It replaces a working client rather than adding one: the load stays what the
+        // plan says.)
+        let clients = (0..plan.clients)
+            .map(|c| {
+                let target = rng.random_range(0..config.nodes);
+                if plan.clients >= 2 && c == plan.clients - 1 {
+                    Client::idle(c + 1, target)
+                } else {
+                    Client::new(c + 1, target)
+                }
+            })
             .collect();
-        clients.push(Client::idle(
-            plan.clients + 1,
-            rng.random_range(0..config.nodes),
-        ));
         let report = Report {
             joined: plan.join,
             calm: plan.calm,

@@ -8,7 +8,7 @@ use super::*;
 /// Seeds run by `many_seeds_no_violation`.
 const MANY_SEEDS: u64 = 1_000;
 /// Seeds tried before a planted bug counts as missed.
-const BUG_HUNT_SEEDS: u64 = 1000;
+const BUG_HUNT_SEEDS: u64 = 2_000;
 
 /// Servers for a seed in the seed sweeps: 3 and 5 in turn.
 fn nodes_for(seed: u64) -> usize {
