@@ -623,6 +623,14 @@ async fn a_thousand_wrong_logins_from_one_address_do_not_lock_alice_out() {
     server.stop().await;
 }
 
+/// The headers of a peer's JSON `POST path` with `body`, signed under the server's secret.
+fn signed_json_headers(server: &Server, path: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        (AUTH_HEADER, server.secret.sign("POST", path, body)),
+        ("content-type", "application/json".to_string()),
+    ]
+}
+
 /// Strict input from peers too: a signed peer request whose JSON body has an extra field,
 /// a missing one or another shape is answered 400, like a client's.
 #[tokio::test]
@@ -645,10 +653,7 @@ async fn a_signed_peer_body_of_the_wrong_shape_is_a_bad_request() {
         ),
     ];
     for (case, body) in cases {
-        let headers = vec![
-            (AUTH_HEADER, server.secret.sign("POST", path, body)),
-            ("content-type", "application/json".to_string()),
-        ];
+        let headers = signed_json_headers(&server, path, body);
         let reply = server
             .request(Method::POST, path, &headers, Some(body))
             .await;
@@ -665,10 +670,7 @@ async fn a_replayed_peer_request_is_refused() {
     let path = "/replication/set-backups";
     // Authentication passes, then the handler refuses the empty body: 400 shows it got in.
     let body: &[u8] = b"{}";
-    let headers = vec![
-        (AUTH_HEADER, server.secret.sign("POST", path, body)),
-        ("content-type", "application/json".to_string()),
-    ];
+    let headers = signed_json_headers(&server, path, body);
     let first = server
         .request(Method::POST, path, &headers, Some(body))
         .await;

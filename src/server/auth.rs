@@ -75,10 +75,12 @@ impl ClusterSecret {
     /// under this secret for exactly this request. (Whether it was used before is the
     /// [`ReplayGuard`]'s question.)
     pub fn verify(&self, header: &str, method: &str, path: &str, body: &[u8]) -> bool {
-        let Some(signed) = parse_header(header) else {
-            return false;
-        };
-        if unix_now().abs_diff(signed.t) > MAX_SKEW_SECS {
+        parse_header(header).is_some_and(|signed| self.verify_signed(&signed, method, path, body))
+    }
+
+    /// [`verify`](Self::verify) on a header already parsed.
+    fn verify_signed(&self, signed: &Signed<'_>, method: &str, path: &str, body: &[u8]) -> bool {
+        if !signed.is_fresh() {
             return false;
         }
         let Ok(sig) = hex::decode(signed.sig) else {
@@ -166,9 +168,11 @@ impl ReplayGuard {
     }
 }
 
-/// Whether a header is well formed and its timestamp within the allowed skew.
-fn fresh(header: &str) -> bool {
-    parse_header(header).is_some_and(|signed| unix_now().abs_diff(signed.t) <= MAX_SKEW_SECS)
+impl Signed<'_> {
+    /// Whether the timestamp is within the allowed skew of our clock.
+    fn is_fresh(&self) -> bool {
+        unix_now().abs_diff(self.t) <= MAX_SKEW_SECS
+    }
 }
 
 fn unix_now() -> u64 {
@@ -231,18 +235,16 @@ pub async fn require_peer_auth(
         .unwrap_or_default()
         .to_string();
     // Refuse a missing, malformed or stale header before reading a body of up to 64 MiB.
-    if !fresh(&header) {
+    let Some(signed) = parse_header(&header).filter(Signed::is_fresh) else {
         return unauthorized();
-    }
+    };
     let Ok(bytes) = to_bytes(body, MAX_PEER_BODY_BYTES).await else {
         return Error::PayloadTooLarge.into_response();
     };
-    if !secret.verify(&header, parts.method.as_str(), parts.uri.path(), &bytes) {
+    if !secret.verify_signed(&signed, parts.method.as_str(), parts.uri.path(), &bytes) {
         return unauthorized();
     }
-    let replayed = parse_header(&header)
-        .is_none_or(|signed| !gate.replays.first_use(signed.nonce, unix_now()));
-    if replayed {
+    if !gate.replays.first_use(signed.nonce, unix_now()) {
         return Error::Unauthorized("this peer request was already used".to_string())
             .into_response();
     }

@@ -181,9 +181,7 @@ impl ServerTls {
             .with_cert_resolver(certs.clone());
         // The peer stream is an HTTP/1.1 upgrade; clients speak HTTP/1.1 too.
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let peer_client = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|err| Error::Internal(format!("TLS: {err}")))?
+        let peer_client = client_builder()
             .with_root_certificates(roots)
             .with_client_cert_resolver(certs.clone());
         Ok(ServerTls {
@@ -202,9 +200,7 @@ impl ServerTls {
 /// A client's TLS: trusts the certificates in the PEM file `ca`, presents none.
 pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
     let roots = read_roots(ca)?;
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| Error::Internal(format!("TLS: {err}")))?
+    let config = client_builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -213,11 +209,16 @@ pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
 /// A client config with no trusted roots: what a plain-HTTP client holds where a TLS one
 /// holds its config (it never makes a TLS connection).
 pub(crate) fn client_config_trusting_nobody() -> ClientConfig {
+    client_builder()
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// Every client config here: the ring provider, its default protocol versions.
+fn client_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
     ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions")
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 /// A client's TLS that also presents a certificate (`understudy admin` under mutual TLS).
@@ -228,9 +229,7 @@ pub fn client_config_with_identity(
 ) -> Result<Arc<ClientConfig>> {
     let roots = read_roots(ca)?;
     let identity = Arc::new(CertStore::open(cert, key)?);
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| Error::Internal(format!("TLS: {err}")))?
+    let config = client_builder()
         .with_root_certificates(roots)
         .with_client_cert_resolver(identity);
     Ok(Arc::new(config))
