@@ -1,7 +1,12 @@
 //! What the primary knows about one backup's log, and how many appends it may have in flight
-//! to it. Appends are pipelined: the primary sends the next batch without waiting for the
-//! answer to the last, up to a window; a rejection or a long silence drops back to probing
-//! one append at a time from the last index known to match.
+//! to it. Full appends are pipelined: the primary sends the next batch without waiting for
+//! the answer to the last, up to a window, so a backup that is far behind catches up at the
+//! network's pace. A partial append (fewer entries than an append may hold) goes only when
+//! nothing is in flight: in steady state the proposals made during one round trip travel as
+//! one batch, which the backup makes durable with one fsync and answers with one
+//! acknowledgement (the rule of Nagle's algorithm, with the backup's answer as the clock).
+//! A rejection or a long silence drops back to probing one append at a time from the last
+//! index known to match.
 
 use std::collections::VecDeque;
 
@@ -86,9 +91,14 @@ impl Progress {
         }
     }
 
-    /// Whether another append may be sent now.
-    pub fn can_send(&self, max_inflight: usize) -> bool {
-        let window = if self.probing { 1 } else { max_inflight };
+    /// Whether another append may be sent now: a full one (`full`) within the window, a
+    /// partial one only when nothing is in flight.
+    pub fn can_send(&self, max_inflight: usize, full: bool) -> bool {
+        let window = if self.probing || !full {
+            1
+        } else {
+            max_inflight
+        };
         self.inflight.len() < window
     }
 
@@ -184,19 +194,40 @@ mod tests {
     #[test]
     fn window_opens_after_the_first_acceptance() {
         let mut p = Progress::new(0);
-        assert!(p.can_send(4));
+        assert!(p.can_send(4, true));
         p.sent(5);
-        assert!(!p.can_send(4), "probing sends one append at a time");
+        assert!(!p.can_send(4, true), "probing sends one append at a time");
         p.accepted(5);
         for last in [10, 15, 20, 25] {
-            assert!(p.can_send(4));
+            assert!(p.can_send(4, true));
             p.sent(last);
         }
-        assert!(!p.can_send(4));
+        assert!(!p.can_send(4, true));
         p.accepted(15);
         assert_eq!(p.matched, 15);
-        assert!(p.can_send(4));
+        assert!(p.can_send(4, true));
         assert_eq!(p.next, 26);
+    }
+
+    /// Nagle's rule: a partial append waits until nothing is in flight, so proposals made
+    /// meanwhile gather into one batch; full appends (catching up) still pipeline.
+    #[test]
+    fn partial_appends_wait_for_the_one_in_flight() {
+        let mut p = Progress::new(0);
+        p.sent(1);
+        p.accepted(1);
+        assert!(
+            p.can_send(4, false),
+            "nothing in flight: a partial append goes"
+        );
+        p.sent(2);
+        assert!(!p.can_send(4, false), "a partial append is in flight");
+        assert!(p.can_send(4, true), "a full append may still follow it");
+        p.sent(514);
+        p.accepted(2);
+        assert!(!p.can_send(4, false), "the full append is still in flight");
+        p.accepted(514);
+        assert!(p.can_send(4, false));
     }
 
     /// A rejection drops the window and restarts from the hint, never below the match.
@@ -208,9 +239,9 @@ mod tests {
         p.rejected(8, 5);
         assert_eq!(p.next, 6);
         assert!(
-            p.can_send(4) && {
+            p.can_send(4, true) && {
                 p.sent(7);
-                !p.can_send(4)
+                !p.can_send(4, true)
             }
         );
         p.rejected(2, 0); // stale: index 2 is known to match
@@ -231,7 +262,7 @@ mod tests {
             p.accepted(4); // a heartbeat at the last match
         }
         assert_eq!(p.next, 5, "probing again from the last match");
-        assert!(p.can_send(4));
+        assert!(p.can_send(4, true));
     }
 
     /// Lost appends do not stall a backup forever.
@@ -244,6 +275,6 @@ mod tests {
             p.tick(3);
         }
         assert_eq!(p.next, 5);
-        assert!(p.can_send(4));
+        assert!(p.can_send(4, true));
     }
 }

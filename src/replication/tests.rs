@@ -220,7 +220,8 @@ fn entry_commits_only_after_a_majority_has_it() {
 }
 
 /// A backup that misses an append does not apply the next one out of order: it rejects it,
-/// and the primary sends the missing entries.
+/// and the primary sends the missing entries. (Only a full append follows one in flight, so
+/// the next is made full.)
 #[test]
 fn backup_with_a_gap_asks_for_the_missing_entries() {
     let mut c = Cluster::new(3);
@@ -229,11 +230,16 @@ fn backup_with_a_gap_asks_for_the_missing_entries() {
     let lost = c.take_to(2);
     assert_eq!(lost.len(), 1, "one append to n2 in flight");
     c.deliver_all(); // n3 acknowledges; "one" commits
-    c.propose(1, b"two");
+    let full = 64; // the test cluster's max_append_entries
+    let later: Vec<Vec<u8>> = (0..full).map(|i| format!("two {i}").into_bytes()).collect();
+    for command in &later {
+        c.propose(1, command);
+    }
     let last_before = c.node(2).status().last_index;
 
-    // n2 receives "two" without "one": it must refuse, not apply or store it.
+    // n2 receives the full append without "one": it must refuse, not apply or store it.
     let gap = c.take_to(2);
+    assert_eq!(gap.len(), 1, "the full append follows the one in flight");
     for env in gap {
         c.deliver(env);
     }
@@ -252,15 +258,16 @@ fn backup_with_a_gap_asks_for_the_missing_entries() {
         "n2 rejects the append after the gap: {rejection:?}"
     );
 
-    // The primary probes back and n2 ends up with both, in order.
+    // The primary probes back and n2 ends up with all of them, in order.
+    for _ in 0..4 {
+        c.deliver_all();
+        c.node(1).tick();
+        c.drain(&id(1));
+    }
     c.deliver_all();
-    c.node(1).tick();
-    c.drain(&id(1));
-    c.deliver_all();
-    assert_eq!(
-        c.applied_commands(2),
-        vec![b"one".to_vec(), b"two".to_vec()]
-    );
+    let mut expected = vec![b"one".to_vec()];
+    expected.extend(later);
+    assert_eq!(c.applied_commands(2), expected);
     assert_eq!(c.node(2).status().last_index, c.node(1).status().last_index);
 }
 

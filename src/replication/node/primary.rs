@@ -65,7 +65,12 @@ impl Node {
                 }
                 continue;
             }
-            while progress.next <= last_index && progress.can_send(self.opts.max_inflight) {
+            while progress.next <= last_index
+                && progress.can_send(
+                    self.opts.max_inflight,
+                    last_index + 1 - progress.next >= self.opts.max_append_entries as Index,
+                )
+            {
                 let entries = self
                     .log
                     .entries_from(progress.next, self.opts.max_append_entries);
