@@ -8,7 +8,9 @@
 //! than a sync takes), the worker first waits as long as that sync took, at most
 //! [`MAX_GATHER`], so that about twice as many share the next one: half the syncs, and
 //! their CPU, for a wait that a primary's commit rarely sees (its own copy is one of three,
-//! and a backup's answer usually completes the majority first). A lone writer never waits. A flush of applied changes is one durable transaction in the store; the swap of a
+//! and a backup's answer usually completes the majority first). A lone writer never waits.
+//!
+//! A flush of applied changes is one durable transaction in the store; the swap of a
 //! received store renames it over ours. Jobs are done in order, so whatever was queued after
 //! a swap finds the new store in place. The driver task never waits on disk.
 
