@@ -20,6 +20,9 @@ fn id(n: usize) -> NodeId {
     format!("n{n}")
 }
 
+/// The test cluster's largest append.
+const MAX_APPEND_ENTRIES: usize = 64;
+
 impl Cluster {
     /// `size` nodes that share a first configuration holding all of them.
     fn new(size: usize) -> Cluster {
@@ -32,7 +35,7 @@ impl Cluster {
         let opts = Options {
             heartbeat_ticks: 1,
             election_ticks: 10,
-            max_append_entries: 64,
+            max_append_entries: MAX_APPEND_ENTRIES,
             max_inflight: 4,
             ..Options::default()
         };
@@ -230,8 +233,9 @@ fn backup_with_a_gap_asks_for_the_missing_entries() {
     let lost = c.take_to(2);
     assert_eq!(lost.len(), 1, "one append to n2 in flight");
     c.deliver_all(); // n3 acknowledges; "one" commits
-    let full = 64; // the test cluster's max_append_entries
-    let later: Vec<Vec<u8>> = (0..full).map(|i| format!("two {i}").into_bytes()).collect();
+    let later: Vec<Vec<u8>> = (0..MAX_APPEND_ENTRIES)
+        .map(|i| format!("two {i}").into_bytes())
+        .collect();
     for command in &later {
         c.propose(1, command);
     }

@@ -105,8 +105,8 @@ impl Worker {
     /// Carries out `items` in order; the log writes among them share one sync.
     fn run(&mut self, items: Vec<WorkItem>) -> Result<Persisted> {
         let mut report = Persisted::default();
-        let mut wrote = false;
         let mut entries = 0;
+        // Jobs that wrote to the log: none, no sync; more than one, writers are queueing.
         let mut log_jobs = 0;
         for item in items {
             match item.job {
@@ -129,7 +129,6 @@ impl Worker {
                             ),
                         }
                     }
-                    wrote |= !writes.is_empty();
                     log_jobs += usize::from(!writes.is_empty());
                 }
                 Job::Flush { meta, changes } => {
@@ -155,8 +154,9 @@ impl Worker {
             }
             self.jobs_done += 1;
         }
-        let started = Instant::now();
-        if self.sync_log(&mut wrote)? {
+        if log_jobs > 0 {
+            let started = Instant::now();
+            self.sync_log()?;
             let took = started.elapsed();
             self.metrics.log_sync(took, entries);
             if self.fsync && log_jobs > 1 {
@@ -167,17 +167,12 @@ impl Worker {
         Ok(report)
     }
 
-    /// Syncs the log if anything was written to it (or, without fsync, hands it to the OS);
-    /// says whether it did.
-    fn sync_log(&mut self, wrote: &mut bool) -> Result<bool> {
-        if !std::mem::take(wrote) {
-            return Ok(false);
-        }
+    /// Syncs the log (or, without fsync, hands it to the OS).
+    fn sync_log(&mut self) -> Result<()> {
         if self.fsync {
-            self.log.sync()?;
+            self.log.sync()
         } else {
-            self.log.flush()?;
+            self.log.flush()
         }
-        Ok(true)
     }
 }

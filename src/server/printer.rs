@@ -35,19 +35,12 @@ impl Printer {
         std::thread::Builder::new()
             .name("understudy-stdout".to_string())
             .spawn(move || {
-                let stdout = std::io::stdout();
                 while woken.blocking_recv().is_some() {
                     std::thread::sleep(GATHER);
                     // Wake-ups sent before the buffer is taken are for lines taken with
                     // it; one sent after it finds the buffer empty and is kept.
                     while woken.try_recv().is_ok() {}
-                    // Taken under the stdout lock, so that lines written at a stop
-                    // (`drop`) cannot overtake these.
-                    let mut out = stdout.lock();
-                    let text =
-                        std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner));
-                    let _ = out.write_all(text.as_bytes());
-                    let _ = out.flush();
+                    write_gathered(&shared);
                 }
             })?;
         Ok(Printer {
@@ -85,10 +78,15 @@ impl Drop for Printer {
     /// At a clean stop, the lines still gathering are written here, not lost with the thread.
     fn drop(&mut self) {
         self.end_round();
-        let mut out = std::io::stdout().lock();
-        let text =
-            std::mem::take(&mut *self.gathered.lock().unwrap_or_else(PoisonError::into_inner));
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
+        write_gathered(&self.gathered);
     }
+}
+
+/// Writes what has gathered, with one `write`. The buffer is taken under the stdout lock,
+/// so that the lines written at a stop cannot overtake ones the thread took before them.
+fn write_gathered(gathered: &Mutex<String>) {
+    let mut out = std::io::stdout().lock();
+    let text = std::mem::take(&mut *gathered.lock().unwrap_or_else(PoisonError::into_inner));
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
