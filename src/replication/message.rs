@@ -31,8 +31,10 @@ pub enum Payload {
     /// The voting members of the cluster from this entry on (whether committed or not, as in
     /// Raft's single-server membership changes).
     Config(Vec<NodeId>),
-    /// An application command, opaque to the replication layer.
-    Command(Vec<u8>),
+    /// An application command, opaque to the replication layer. Encoded as one run of
+    /// bytes rather than a sequence of numbers: the same bytes in postcard, but copied at
+    /// once instead of element by element (that was 4 % of the servers' CPU under load).
+    Command(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A message with its routing and term, as it travels between servers.
@@ -105,5 +107,32 @@ impl Message {
             Message::VoteResponse { .. } => "VoteResponse",
             Message::TimeoutNow => "TimeoutNow",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload as it was encoded before it was marked as bytes: a sequence of `u8`.
+    #[derive(Serialize)]
+    enum PayloadAsSequence {
+        #[allow(dead_code)]
+        Noop,
+        #[allow(dead_code)]
+        Config(Vec<NodeId>),
+        Command(Vec<u8>),
+    }
+
+    /// Logs and streams written before the payload was encoded as one run of bytes must
+    /// still read: postcard writes a byte string and a sequence of bytes alike.
+    #[test]
+    fn a_command_is_encoded_as_it_was_as_a_sequence_of_bytes() {
+        let command: Vec<u8> = (0..=255).chain(0..40).collect();
+        let as_bytes = postcard::to_stdvec(&Payload::Command(command.clone())).unwrap();
+        let as_sequence = postcard::to_stdvec(&PayloadAsSequence::Command(command)).unwrap();
+        assert_eq!(as_bytes, as_sequence);
+        let read: Payload = postcard::from_bytes(&as_sequence).unwrap();
+        assert!(matches!(read, Payload::Command(bytes) if bytes.len() == 296));
     }
 }
