@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -202,17 +201,14 @@ impl PeerGate {
     }
 }
 
-/// Middleware in front of every route: a request to a `/replication` path, existing or not,
-/// without a valid signature (or, under TLS, without the cluster's client certificate) gets
-/// 401 before any handler (or a 404/405 fallback) sees it.
-pub async fn require_peer_auth(
-    State(gate): State<PeerGate>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The check in front of every route: a request to a `/replication` path, existing or not,
+/// without a valid signature (or, under TLS, without the cluster's client certificate) is
+/// refused with 401 before any handler (or a 404/405 fallback) sees it. Any other request
+/// passes untouched; a peer request passes with its body read and checked.
+pub async fn check_peer_request(gate: &PeerGate, request: Request) -> Result<Request, Response> {
     let path = request.uri().path();
     if path != "/replication" && !path.starts_with("/replication/") {
-        return next.run(request).await;
+        return Ok(request);
     }
     let unauthorized = || {
         Error::Unauthorized("peer requests need valid cluster credentials".to_string())
@@ -221,35 +217,36 @@ pub async fn require_peer_auth(
     if gate.require_certificate
         && request.extensions().get::<ClientCertificate>() != Some(&ClientCertificate(true))
     {
-        return Error::Unauthorized(
+        return Err(Error::Unauthorized(
             "peer requests need a client certificate from the cluster's CA".to_string(),
         )
-        .into_response();
+        .into_response());
     }
-    let secret = gate.secret;
     let (parts, body) = request.into_parts();
     let header = parts
         .headers
         .get(AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+        .unwrap_or_default();
     // Refuse a missing, malformed or stale header before reading a body of up to 64 MiB.
-    let Some(signed) = parse_header(&header).filter(Signed::is_fresh) else {
-        return unauthorized();
+    let Some(signed) = parse_header(header).filter(Signed::is_fresh) else {
+        return Err(unauthorized());
     };
     let Ok(bytes) = to_bytes(body, MAX_PEER_BODY_BYTES).await else {
-        return Error::PayloadTooLarge.into_response();
+        return Err(Error::PayloadTooLarge.into_response());
     };
-    if !secret.verify_signed(&signed, parts.method.as_str(), parts.uri.path(), &bytes) {
-        return unauthorized();
+    if !gate
+        .secret
+        .verify_signed(&signed, parts.method.as_str(), parts.uri.path(), &bytes)
+    {
+        return Err(unauthorized());
     }
     if !gate.replays.first_use(signed.nonce, unix_now()) {
-        return Error::Unauthorized("this peer request was already used".to_string())
-            .into_response();
+        return Err(
+            Error::Unauthorized("this peer request was already used".to_string()).into_response(),
+        );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 #[cfg(test)]

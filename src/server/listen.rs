@@ -2,7 +2,7 @@
 //! bound on how long a request's headers may take, and a graceful end.
 //!
 //! Each accepted connection runs in a task of its own, so a slow handshake or a slow sender
-//! holds up nobody else. Every request is handed to the router with two extensions: the
+//! holds up nobody else. Every request is handed to the server's service ([`Front`]) with two extensions: the
 //! remote address (`ConnectInfo`, for limits kept per source) and whether the connection
 //! presented a client certificate the cluster's CA signed ([`ClientCertificate`], which
 //! peer routes require under TLS).
@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,9 +21,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
 use tracing::{debug, warn};
 
+use super::front::Front;
 use super::metrics::Metrics;
 use crate::tls::ServerTls;
 
@@ -66,11 +65,11 @@ pub struct ClientCertificate(pub bool);
 /// What a connection over the cap is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 89\r\nconnection: close\r\n\r\n{\"error\":\"too_many_requests\",\"message\":\"too many open connections\",\"retry_after_ms\":1000}";
 
-/// Serves `router` on `listener` until `shutdown`; then lets open requests finish for at
+/// Serves `front` on `listener` until `shutdown`; then lets open requests finish for at
 /// most `drain` and returns.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    front: Front,
     options: ListenOptions,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -103,7 +102,7 @@ pub async fn serve(
             }
             continue;
         };
-        let router = router.clone();
+        let front = front.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
@@ -112,7 +111,7 @@ pub async fn serve(
             let _slot = slot;
             match acceptor {
                 None => {
-                    let service = with_connection_info(router, remote, ClientCertificate(false));
+                    let service = with_connection_info(front, remote, ClientCertificate(false));
                     serve_http(tcp, service, header_timeout, &metrics, shutdown).await;
                 }
                 Some(acceptor) => {
@@ -132,8 +131,7 @@ pub async fn serve(
                         };
                     // The verifier accepted a certificate only if the cluster's CA signed it.
                     let certified = tls.get_ref().1.peer_certificates().is_some();
-                    let service =
-                        with_connection_info(router, remote, ClientCertificate(certified));
+                    let service = with_connection_info(front, remote, ClientCertificate(certified));
                     serve_http(tls, service, header_timeout, &metrics, shutdown).await;
                 }
             }
@@ -148,9 +146,9 @@ pub async fn serve(
     }
 }
 
-/// The router, with the connection's facts added to every request.
+/// The server's service, with the connection's facts added to every request.
 fn with_connection_info(
-    router: Router,
+    front: Front,
     remote: SocketAddr,
     certificate: ClientCertificate,
 ) -> impl hyper::service::Service<
@@ -162,8 +160,8 @@ fn with_connection_info(
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         request.extensions_mut().insert(certificate);
-        let mut router = router.clone();
-        async move { router.call(request).await }
+        let front = front.clone();
+        async move { Ok(front.call(request).await) }
     })
 }
 

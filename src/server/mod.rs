@@ -18,6 +18,7 @@ mod dashboard;
 pub(crate) mod driver;
 mod events;
 mod expiry;
+mod front;
 mod join;
 pub mod limits;
 pub mod listen;
@@ -41,7 +42,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -65,6 +65,7 @@ use crate::storage::{
 use crate::tls::ServerTls;
 use driver::{Driver, DriverHandle, DriverIo};
 use events::Events;
+use front::Front;
 use metrics::Metrics;
 use notify::{Notifier, Told};
 use peers::{Peers, ToDriver};
@@ -365,7 +366,7 @@ pub async fn serve_until(
     };
     let server = tokio::spawn(listen::serve(
         listener,
-        router(app, gate),
+        Front::new(router(app.clone()), app, gate),
         listen_options,
         metrics,
         shutdown.clone(),
@@ -428,8 +429,9 @@ async fn stop_gracefully(
     shutdown.cancel();
 }
 
-/// The routes of a server.
-pub fn router(app: AppState, gate: PeerGate) -> Router {
+/// The routes of a server (the peer gate and the answers' finishing are in front of them:
+/// [`Front`]).
+pub fn router(app: AppState) -> Router {
     let peer = Router::new()
         .route(peer_stream::STREAM_PATH, get(peer_api::stream))
         .route("/replication/hand-over", post(peer_api::hand_over))
@@ -457,16 +459,6 @@ pub fn router(app: AppState, gate: PeerGate) -> Router {
         .merge(peer)
         .fallback(response::not_found)
         .method_not_allowed_fallback(response::method_not_allowed)
-        // Outermost, so that every path under /replication, existing or not and whatever the
-        // method, is behind the cluster secret: no 404 or 405 tells an outsider what exists.
-        .layer(middleware::from_fn_with_state(
-            gate,
-            auth::require_peer_auth,
-        ))
-        .layer(middleware::from_fn_with_state(
-            app.clone(),
-            response::finish_response,
-        ))
         .with_state(app)
 }
 

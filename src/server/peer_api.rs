@@ -1,5 +1,5 @@
 //! The peer endpoints under `/replication/`. The cluster-secret check runs before any of
-//! them (see `auth::require_peer_auth`); here the requests are already authenticated.
+//! them (see `auth::check_peer_request`); here the requests are already authenticated.
 
 use std::time::Duration;
 

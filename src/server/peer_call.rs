@@ -136,12 +136,13 @@ pub async fn post_to_primary<B: Serialize, T: DeserializeOwned>(
 mod tests {
     use axum::Router;
     use axum::body::Bytes;
+    use axum::extract::{Request, State};
     use axum::http::HeaderMap;
-    use axum::middleware;
+    use axum::middleware::{self, Next};
     use axum::routing::post;
 
     use super::*;
-    use crate::server::auth::{PeerGate, require_peer_auth};
+    use crate::server::auth::{PeerGate, check_peer_request};
 
     /// A peer endpoint behind the receiving side's check, echoing what arrived.
     async fn peer(secret: ClusterSecret) -> String {
@@ -155,7 +156,12 @@ mod tests {
             )
             .layer(middleware::from_fn_with_state(
                 PeerGate::secret_only(secret),
-                require_peer_auth,
+                |State(gate): State<PeerGate>, request: Request, next: Next| async move {
+                    match check_peer_request(&gate, request).await {
+                        Ok(request) => next.run(request).await,
+                        Err(refusal) => refusal,
+                    }
+                },
             ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();

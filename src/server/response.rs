@@ -5,9 +5,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -40,21 +39,15 @@ impl IntoResponse for Error {
     }
 }
 
-/// Middleware around every route: a `not_primary` answer gets
+/// Every answer on its way out: a `not_primary` answer gets
 /// `Location: http://<primary>/<same path>`, and every answer is counted in the metrics by
-/// endpoint and status.
-pub async fn finish_response(
-    State(app): State<AppState>,
-    request: Request,
-    next: Next,
+/// endpoint (see [`endpoint_name`]) and status.
+pub fn finish_response(
+    app: &AppState,
+    endpoint: &'static str,
+    uri: &Uri,
+    mut response: Response,
 ) -> Response {
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |path| endpoint_name(path.as_str()));
-    // Cheap: a URI shares its bytes.
-    let uri = request.uri().clone();
-    let mut response = next.run(request).await;
     if let Some(PrimaryHint(primary)) = response.extensions().get::<PrimaryHint>()
         && let Ok(location) = HeaderValue::from_str(&format!(
             "{}://{primary}{}",
@@ -96,12 +89,13 @@ const ENDPOINTS: &[&str] = &[
     "/replication/state",
 ];
 
-fn endpoint_name(path: &str) -> &'static str {
+/// The route a path names (every route is a fixed path), or `unmatched`.
+pub fn endpoint_name(path: &str) -> &'static str {
     ENDPOINTS
         .iter()
         .find(|known| **known == path)
         .copied()
-        .unwrap_or("other")
+        .unwrap_or("unmatched")
 }
 
 /// A JSON request body whose every failure is one of our errors: too large is 413, anything
