@@ -132,14 +132,29 @@ pub(crate) fn encode_payload(write: &Write) -> Result<Vec<u8>> {
         .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))
 }
 
+/// Encodes a write as a record's payload into `payload`, replacing what it held: the log
+/// keeps one such vector, so a write costs no allocation once it has grown.
+pub(crate) fn encode_payload_into(write: &Write, payload: &mut Vec<u8>) -> Result<()> {
+    let mut reused = std::mem::take(payload);
+    reused.clear();
+    *payload = postcard::to_extend(write, reused)
+        .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))?;
+    Ok(())
+}
+
 /// Frames a payload as a record: length, checksum, payload.
 pub(crate) fn encode_record(payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEADER_LEN as usize + payload.len());
-    let len = u32::try_from(payload.len()).expect("payload bounded by MAX_RECORD_LEN");
-    record.extend_from_slice(&len.to_le_bytes());
-    record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    record.extend_from_slice(payload);
+    append_record(&mut record, payload);
     record
+}
+
+/// Appends a payload, framed as a record, to `out`.
+pub(crate) fn append_record(out: &mut Vec<u8>, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload bounded by MAX_RECORD_LEN");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// What [`replay`] found in a file.

@@ -16,8 +16,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use super::record::{
-    FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, check_entries, encode_payload,
-    encode_record, file_header, last_index, replay, rest_is_zero,
+    FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, append_record, check_entries,
+    encode_payload_into, file_header, last_index, replay, rest_is_zero,
 };
 use super::rewrite::{remove_stale_temp, rewrite};
 use super::{create_dir_durable, io_error, sync_dir};
@@ -45,6 +45,8 @@ pub struct LogStore {
     file: File,
     /// Encoded records not yet handed to the OS.
     buffer: Vec<u8>,
+    /// The payload of the record being written, kept between writes for its room.
+    encoded: Vec<u8>,
     /// Bytes of records in the file, counting the buffered ones.
     size: u64,
     /// The file's length: `size` (less the buffered records) plus the zeros ahead.
@@ -116,6 +118,7 @@ impl LogStore {
             path,
             file,
             buffer: Vec::new(),
+            encoded: Vec::new(),
             size,
             allocated,
             preallocate: PREALLOCATE_BYTES,
@@ -143,12 +146,20 @@ impl LogStore {
         {
             panic!("log write would break the log: {reason}");
         }
-        let payload = encode_payload(write)?;
-        if payload.len() > self.max_record_len as usize {
+        encode_payload_into(write, &mut self.encoded)?;
+        let payload_len = self.encoded.len();
+        let fits = payload_len <= self.max_record_len as usize;
+        if fits {
+            append_record(&mut self.buffer, &self.encoded);
+        }
+        if self.encoded.capacity() > WRITE_BUFFER_LEN {
+            // A catch-up's large write: its room is not kept.
+            self.encoded = Vec::new();
+        }
+        if !fits {
             return self.write_split(write);
         }
-        self.buffer.extend_from_slice(&encode_record(&payload));
-        self.size += RECORD_HEADER_LEN + payload.len() as u64;
+        self.size += RECORD_HEADER_LEN + payload_len as u64;
         self.unsynced = true;
         match write {
             Write::Entries(entries) => self.last_index = last_index(entries),
@@ -322,7 +333,7 @@ pub(super) mod tests {
 
     use super::*;
     use crate::replication::{Entry, HardState, Payload, Term};
-    use crate::storage::record::MAGIC;
+    use crate::storage::record::{MAGIC, encode_record};
 
     /// An entry whose command names its term and index, so that a mix-up shows.
     pub(in crate::storage) fn entry(term: Term, index: Index) -> Entry {
