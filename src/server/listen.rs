@@ -2,10 +2,10 @@
 //! bound on how long a request's headers may take, and a graceful end.
 //!
 //! Each accepted connection runs in a task of its own, so a slow handshake or a slow sender
-//! holds up nobody else. Every request is handed to the server's service ([`Front`]) with two extensions: the
-//! remote address (`ConnectInfo`, for limits kept per source) and whether the connection
-//! presented a client certificate the cluster's CA signed ([`ClientCertificate`], which
-//! peer routes require under TLS).
+//! holds up nobody else. Every request is handed to the server's service ([`Front`]) with
+//! two extensions: the remote address (`ConnectInfo`, for limits kept per source) and
+//! whether the connection presented a client certificate the cluster's CA signed
+//! ([`ClientCertificate`], which peer routes require under TLS).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -128,8 +128,9 @@ pub(super) fn check_entries(
 
 /// Encodes a write as a record's payload.
 pub(crate) fn encode_payload(write: &Write) -> Result<Vec<u8>> {
-    postcard::to_stdvec(write)
-        .map_err(|err| Error::Internal(format!("encoding a log record: {err}")))
+    let mut payload = Vec::new();
+    encode_payload_into(write, &mut payload)?;
+    Ok(payload)
 }
 
 /// Encodes a write as a record's payload into `payload`, replacing what it held: the log

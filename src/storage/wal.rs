@@ -146,20 +146,17 @@ impl LogStore {
         {
             panic!("log write would break the log: {reason}");
         }
-        encode_payload_into(write, &mut self.encoded)?;
-        let payload_len = self.encoded.len();
-        let fits = payload_len <= self.max_record_len as usize;
-        if fits {
-            append_record(&mut self.buffer, &self.encoded);
-        }
-        if self.encoded.capacity() > WRITE_BUFFER_LEN {
-            // A catch-up's large write: its room is not kept.
-            self.encoded = Vec::new();
-        }
-        if !fits {
+        let mut payload = std::mem::take(&mut self.encoded);
+        encode_payload_into(write, &mut payload)?;
+        if payload.len() > self.max_record_len as usize {
             return self.write_split(write);
         }
-        self.size += RECORD_HEADER_LEN + payload_len as u64;
+        append_record(&mut self.buffer, &payload);
+        self.size += RECORD_HEADER_LEN + payload.len() as u64;
+        // Kept for the next write's room, unless a catch-up's large write made it large.
+        if payload.capacity() <= WRITE_BUFFER_LEN {
+            self.encoded = payload;
+        }
         self.unsynced = true;
         match write {
             Write::Entries(entries) => self.last_index = last_index(entries),
