@@ -6,6 +6,8 @@
 //! no clock, no randomness, no `HashMap` iteration. A refused request writes nothing, so a
 //! rejection costs a log slot but never makes two servers differ.
 
+use std::borrow::Cow;
+
 use super::command::{Command, Outcome, Rejection, Request};
 use super::records::{ClientRecord, ClientSummary, LastMessage, MessageRecord, Posted};
 use super::tables::{Tables, TablesMut};
@@ -45,32 +47,46 @@ pub enum MessageCheck {
     Rejected(Rejection),
 }
 
-/// Applies one committed request. Fails only if the tables cannot be read.
-pub fn apply(tables: &mut impl TablesMut, request: &Request) -> Result<Applied> {
+/// Applies one committed request. Fails only if the tables cannot be read. The request's
+/// strings may be owned or borrowed (see [`Request`]): only what the tables keep is copied.
+pub fn apply<S: AsRef<str>>(tables: &mut impl TablesMut, request: &Request<S>) -> Result<Applied> {
     // `request.origin` is informational: the address a client is reached at is the one it
     // gave in `InitClient`, which already carries the peer IP.
     match &request.command {
-        Command::InitClient { client_id, address } => init_client(tables, client_id, address),
+        Command::InitClient { client_id, address } => {
+            init_client(tables, client_id.as_ref(), address.as_ref())
+        }
         Command::Register {
             username,
             password_hash,
-        } => register(tables, username, password_hash),
+        } => register(tables, username.as_ref(), password_hash.as_ref()),
         Command::Login {
             client_id,
             username,
             token_hash,
-        } => login(tables, client_id, username, token_hash),
+        } => login(
+            tables,
+            client_id.as_ref(),
+            username.as_ref(),
+            token_hash.as_ref(),
+        ),
         Command::Logout {
             client_id,
             token_hash,
-        } => logout(tables, client_id, token_hash),
+        } => logout(tables, client_id.as_ref(), token_hash.as_ref()),
         Command::Message {
             client_id,
             token_hash,
             seq,
             text,
-        } => message(tables, client_id, token_hash, *seq, text),
-        Command::ExpireClient { client_id } => expire_client(tables, client_id),
+        } => message(
+            tables,
+            client_id.as_ref(),
+            token_hash.as_ref(),
+            *seq,
+            text.as_ref(),
+        ),
+        Command::ExpireClient { client_id } => expire_client(tables, client_id.as_ref()),
     }
 }
 
@@ -143,7 +159,7 @@ fn login(
     // The primary checked the password before proposing; here only what could have changed
     // since, or what a faulty proposer could get wrong, is checked again.
     let user_known = tables.user(username)?.is_some();
-    let Some(mut client) = tables.client(client_id)? else {
+    let Some(mut client) = tables.client(client_id)?.map(Cow::into_owned) else {
         return Ok(Applied::rejected(unknown_client(client_id)));
     };
     if !user_known {
@@ -165,7 +181,7 @@ fn login(
 }
 
 fn logout(tables: &mut impl TablesMut, client_id: &str, token_hash: &str) -> Result<Applied> {
-    let Some(mut client) = tables.client(client_id)? else {
+    let Some(mut client) = tables.client(client_id)?.map(Cow::into_owned) else {
         return Ok(Applied::rejected(unknown_client(client_id)));
     };
     if client.token_hash.as_deref() != Some(token_hash) {
@@ -188,22 +204,26 @@ fn message(
     text: &str,
 ) -> Result<Applied> {
     // One judgement for both the primary's check and apply, so they cannot disagree.
-    let (check, client) = judge_message(tables, client_id, token_hash, seq, text)?;
+    let (check, username) = match judge_message(tables, client_id, token_hash, seq, text)? {
+        (MessageCheck::New, Some(client)) => {
+            let Some(username) = client.username.clone() else {
+                unreachable!("check_message accepted client {client_id} without a user");
+            };
+            (MessageCheck::New, username)
+        }
+        (MessageCheck::New, None) => {
+            unreachable!("check_message accepted unknown client {client_id}")
+        }
+        (check, _) => (check, String::new()),
+    };
     match check {
         MessageCheck::Rejected(rejection) => Ok(Applied::rejected(rejection)),
         MessageCheck::Retry(index) => Ok(Applied::outcome(Outcome::Posted { index })),
         MessageCheck::New => {
-            let Some(mut client) = client else {
-                unreachable!("check_message accepted unknown client {client_id}");
-            };
-            let Some(username) = client.username.clone() else {
-                unreachable!("check_message accepted client {client_id} without a user");
-            };
             let mut counters = tables.counters()?;
             let index = counters.messages + 1;
             counters.messages = index;
-            client.last = Some(LastMessage { seq, index });
-            tables.put_client(client_id, client);
+            tables.set_last_message(client_id, LastMessage { seq, index })?;
             let record = MessageRecord {
                 client_id: client_id.to_string(),
                 username,
@@ -232,15 +252,15 @@ pub fn check_message(
     Ok(judge_message(tables, client_id, token_hash, seq, text)?.0)
 }
 
-/// The judgement of a demo message, with the client's record it was made on (read once:
-/// `apply` updates that record).
-fn judge_message(
-    tables: &impl Tables,
+/// The judgement of a demo message, with the client's record it was made on (read once,
+/// for `apply` to take the username from).
+fn judge_message<'t>(
+    tables: &'t impl Tables,
     client_id: &str,
     token_hash: &str,
     seq: u64,
     text: &str,
-) -> Result<(MessageCheck, Option<ClientRecord>)> {
+) -> Result<(MessageCheck, Option<Cow<'t, ClientRecord>>)> {
     let Some(client) = tables.client(client_id)? else {
         return Ok((MessageCheck::Rejected(unknown_client(client_id)), None));
     };

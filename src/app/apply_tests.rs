@@ -578,3 +578,37 @@ fn expire_client_keeps_a_client_that_logged_in() {
         Outcome::Rejected(Rejection::NotFound(_))
     ));
 }
+
+/// A committed entry is applied from a view that borrows its strings from the entry's bytes.
+/// The view must read every command as the owned request does, and applying either must
+/// leave the same tables and give the same answer.
+#[test]
+fn applying_a_view_of_the_entry_is_applying_the_request() {
+    let history = [
+        init("c1", ADDR),
+        register("alice"),
+        login("c1", "alice", "t1"),
+        message("c1", "t1", 1, "hello, wörld"),
+        message("c1", "t1", 1, "hello, wörld"),
+        message("c1", "t1", 1, "other text"),
+        logout("c1", "t1"),
+        init("c2", "10.0.0.2:9000"),
+        expire("c2"),
+    ];
+    let mut owned = State::new();
+    let mut viewed = State::new();
+    for request in &history {
+        let bytes = request.encode();
+        let view = Request::view(&bytes).expect("a view of what was just encoded");
+        assert_eq!(view.origin, request.origin);
+        assert_eq!(
+            postcard::to_stdvec(&view).unwrap(),
+            bytes,
+            "the view is the same request"
+        );
+        let from_view = apply(&mut viewed.0, &view).expect("memory never fails");
+        assert_eq!(from_view, owned.apply(request));
+        assert_eq!(viewed, owned);
+    }
+    assert_eq!(owned.message_count(), 1);
+}

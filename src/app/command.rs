@@ -7,48 +7,49 @@
 use serde::{Deserialize, Serialize};
 
 /// One replicated change, as stored in a log entry.
+///
+/// Its strings are of type `S`: owned (`String`, the default) where a request is made or
+/// kept, borrowed from the entry's bytes ([`RequestView`]) where it is only applied, so
+/// that applying a committed entry copies just what the tables keep.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
+pub struct Request<S = String> {
     /// The address (`IP:PORT`, the TCP peer's) of the client whose request this is: the
     /// seed's `client=<Address>` on every forwarded change.
-    pub origin: String,
+    pub origin: S,
     /// The change.
-    pub command: Command,
+    pub command: Command<S>,
 }
+
+/// A request decoded in place from a log entry's bytes (see [`Request::view`]).
+pub type RequestView<'a> = Request<&'a str>;
 
 /// The changes of the application.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
+pub enum Command<S = String> {
     /// A client introduced itself (`client/init`). `address` is the TCP peer's IP and the
     /// port of the client's notification listener; every backup learns it.
-    InitClient { client_id: String, address: String },
+    InitClient { client_id: S, address: S },
     /// A new user. The password arrives as an Argon2id PHC string made by the primary.
-    Register {
-        username: String,
-        password_hash: String,
-    },
+    Register { username: S, password_hash: S },
     /// A client logged in as `username` (the primary checked the password). `token_hash` is
     /// the SHA-256 (hex) of the bearer token handed to the client.
     Login {
-        client_id: String,
-        username: String,
-        token_hash: String,
+        client_id: S,
+        username: S,
+        token_hash: S,
     },
     /// A client logged out; it stays listed with `logged_in: false`.
-    Logout {
-        client_id: String,
-        token_hash: String,
-    },
+    Logout { client_id: S, token_hash: S },
     /// A demo message for the board. `seq` numbers the client's messages for at-most-once.
     Message {
-        client_id: String,
-        token_hash: String,
+        client_id: S,
+        token_hash: S,
         seq: u64,
-        text: String,
+        text: S,
     },
     /// A client that never logged in is forgotten (the primary decided it waited too long).
     /// Applied only if the client still never logged in. (Last, so that older logs decode.)
-    ExpireClient { client_id: String },
+    ExpireClient { client_id: S },
 }
 
 /// The deterministic result of applying a command. Every server computes the same one; the
@@ -105,7 +106,16 @@ impl Request {
 
     /// Decodes a request from a log entry.
     pub fn decode(bytes: &[u8]) -> crate::Result<Request> {
-        postcard::from_bytes(bytes)
-            .map_err(|err| crate::Error::Corrupt(format!("undecodable command: {err}")))
+        postcard::from_bytes(bytes).map_err(undecodable)
     }
+
+    /// Decodes a request from a log entry without copying its strings: postcard writes a
+    /// `String` and a `&str` alike, so the view borrows them from `bytes`.
+    pub fn view(bytes: &[u8]) -> crate::Result<RequestView<'_>> {
+        postcard::from_bytes(bytes).map_err(undecodable)
+    }
+}
+
+fn undecodable(err: postcard::Error) -> crate::Error {
+    crate::Error::Corrupt(format!("undecodable command: {err}"))
 }

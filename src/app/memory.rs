@@ -4,11 +4,12 @@
 //! layer per flush on its way), the simulation's model of the embedded store, and the
 //! reference that tests and the simulation's checks replay committed entries into.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::records::{ClientRecord, Counters, MessageRecord};
+use super::records::{ClientRecord, Counters, LastMessage, MessageRecord};
 use super::tables::{Tables, TablesMut};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Tables as ordered maps. `BTreeMap` everywhere: iteration order is part of the answers.
 #[derive(Clone, Debug, Default)]
@@ -73,8 +74,8 @@ impl MemTables {
 }
 
 impl Tables for MemTables {
-    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
-        Ok(self.clients.get(client_id).cloned())
+    fn client(&self, client_id: &str) -> Result<Option<Cow<'_, ClientRecord>>> {
+        Ok(self.clients.get(client_id).map(Cow::Borrowed))
     }
 
     fn user(&self, username: &str) -> Result<Option<String>> {
@@ -119,7 +120,25 @@ impl Tables for MemTables {
 impl TablesMut for MemTables {
     fn put_client(&mut self, client_id: &str, record: ClientRecord) {
         self.removed_clients.remove(client_id);
-        self.clients.insert(client_id.to_string(), record);
+        // In place when the client is here already: no new key.
+        match self.clients.get_mut(client_id) {
+            Some(kept) => *kept = record,
+            None => {
+                self.clients.insert(client_id.to_string(), record);
+            }
+        }
+    }
+
+    fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()> {
+        match self.clients.get_mut(client_id) {
+            Some(client) => {
+                client.last = Some(last);
+                Ok(())
+            }
+            None => Err(Error::Internal(format!(
+                "a message for client {client_id}, which is not in the tables"
+            ))),
+        }
     }
 
     fn remove_client(&mut self, client_id: &str) {

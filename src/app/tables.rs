@@ -6,13 +6,16 @@
 //! Reads return `Result` because a real store can fail to read its file; a store that fails
 //! stops the server rather than letting it guess.
 
-use super::records::{ClientRecord, Counters, MessageRecord};
+use std::borrow::Cow;
+
+use super::records::{ClientRecord, Counters, LastMessage, MessageRecord};
 use crate::error::Result;
 
 /// Reading the application's tables.
 pub trait Tables {
-    /// The client with this id.
-    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>>;
+    /// The client with this id: borrowed where the tables hold it in memory, so that a check
+    /// reads it without a copy.
+    fn client(&self, client_id: &str) -> Result<Option<Cow<'_, ClientRecord>>>;
     /// The Argon2id PHC string of this user.
     fn user(&self, username: &str) -> Result<Option<String>>;
     /// The message with this index.
@@ -30,6 +33,9 @@ pub trait Tables {
 /// Writing them. Only `apply` writes, and it writes nothing for a refused request.
 pub trait TablesMut: Tables {
     fn put_client(&mut self, client_id: &str, record: ClientRecord);
+    /// Sets the `last` of a client that exists: what every stored message changes, done in
+    /// place where the record is at hand.
+    fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()>;
     /// Forgets a client (only `ExpireClient` does, for clients that never logged in).
     fn remove_client(&mut self, client_id: &str);
     fn put_user(&mut self, username: &str, password_hash: &str);

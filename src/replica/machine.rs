@@ -10,12 +10,15 @@
 //! removal in a newer layer hides the record below it. Memory is bounded by what is
 //! applied between two flushes, not by the size of the board.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::store::Store;
-use crate::app::{ClientRecord, Counters, MemTables, MessageRecord, Tables, TablesMut};
-use crate::error::Result;
+use crate::app::{
+    ClientRecord, Counters, LastMessage, MemTables, MessageRecord, Tables, TablesMut,
+};
+use crate::error::{Error, Result};
 use crate::replication::Index;
 
 pub struct Machine<S> {
@@ -101,10 +104,10 @@ impl<S: Store> Machine<S> {
 }
 
 impl<S: Store> Tables for Machine<S> {
-    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
+    fn client(&self, client_id: &str) -> Result<Option<Cow<'_, ClientRecord>>> {
         for layer in self.layers() {
             if let Some(record) = layer.clients.get(client_id) {
-                return Ok(Some(record.clone()));
+                return Ok(Some(Cow::Borrowed(record)));
             }
             if layer.removed_clients.contains(client_id) {
                 return Ok(None);
@@ -179,6 +182,22 @@ impl<S: Store> Tables for Machine<S> {
 impl<S: Store> TablesMut for Machine<S> {
     fn put_client(&mut self, client_id: &str, record: ClientRecord) {
         self.active.put_client(client_id, record);
+    }
+
+    fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()> {
+        if let Some(client) = self.active.clients.get_mut(client_id) {
+            client.last = Some(last);
+            return Ok(());
+        }
+        // In an older layer or the store: the newest layer gets the changed copy.
+        let Some(mut client) = self.client(client_id)?.map(Cow::into_owned) else {
+            return Err(Error::Internal(format!(
+                "a message for client {client_id}, which is not in the tables"
+            )));
+        };
+        client.last = Some(last);
+        self.active.put_client(client_id, client);
+        Ok(())
     }
 
     fn remove_client(&mut self, client_id: &str) {

@@ -358,7 +358,11 @@ impl<S: Store, W> Replica<S, W> {
         self.serve_reads();
         self.check_hand_overs();
         self.maybe_flush();
-        Ok(std::mem::take(&mut self.outputs))
+        let outputs = std::mem::take(&mut self.outputs);
+        // The next round is likely about as large (a reply per committed request): room
+        // for it at once, rather than growing the vector by doubling as it fills.
+        self.outputs.reserve(outputs.len());
+        Ok(outputs)
     }
 
     /// Fails every request that waits for this server to be the primary.
@@ -430,7 +434,7 @@ impl<S: Store, W> Replica<S, W> {
                     self.config_applied(entry.index, entry.term, members.clone());
                     None
                 }
-                Payload::Command(bytes) => match Request::decode(bytes) {
+                Payload::Command(bytes) => match Request::view(bytes) {
                     Ok(request) => {
                         let applied = apply(&mut self.machine, &request)?;
                         if let Some(posted) = applied.posted {

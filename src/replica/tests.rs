@@ -4,6 +4,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use std::borrow::Cow;
+
 use super::*;
 use crate::app::{ClientRecord, Command, Counters, MemTables, MessageRecord, Outcome, Tables};
 use crate::replication::{HardState, Options, SnapshotMeta};
@@ -13,8 +15,8 @@ use crate::replication::{HardState, Options, SnapshotMeta};
 struct MemStore(Rc<RefCell<(StoreMeta, MemTables)>>);
 
 impl Tables for MemStore {
-    fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
-        self.0.borrow().1.client(id)
+    fn client(&self, id: &str) -> Result<Option<Cow<'_, ClientRecord>>> {
+        Ok(self.0.borrow().1.clients.get(id).cloned().map(Cow::Owned))
     }
     fn user(&self, name: &str) -> Result<Option<String>> {
         self.0.borrow().1.user(name)

@@ -18,6 +18,7 @@
 //! The replica reads the store through a [`SimStore`] handle on the same tables, as the
 //! server's replica reads the redb file the worker writes.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -107,8 +108,10 @@ impl SimStore {
 }
 
 impl Tables for SimStore {
-    fn client(&self, client_id: &str) -> StoreResult<Option<ClientRecord>> {
-        self.0.borrow().tables.client(client_id)
+    fn client(&self, client_id: &str) -> StoreResult<Option<Cow<'_, ClientRecord>>> {
+        // Copied out: the borrow of the cell ends here.
+        let file = self.0.borrow();
+        Ok(file.tables.clients.get(client_id).cloned().map(Cow::Owned))
     }
 
     fn user(&self, username: &str) -> StoreResult<Option<String>> {

@@ -23,7 +23,10 @@ struct Recording {
 }
 
 impl Tables for Recording {
-    fn client(&self, id: &str) -> crate::Result<Option<crate::app::ClientRecord>> {
+    fn client(
+        &self,
+        id: &str,
+    ) -> crate::Result<Option<std::borrow::Cow<'_, crate::app::ClientRecord>>> {
         self.all.client(id)
     }
     fn user(&self, name: &str) -> crate::Result<Option<String>> {
@@ -54,6 +57,14 @@ impl TablesMut for Recording {
     fn put_client(&mut self, id: &str, record: crate::app::ClientRecord) {
         self.all.put_client(id, record.clone());
         self.changes.put_client(id, record);
+    }
+    fn set_last_message(&mut self, id: &str, last: crate::app::LastMessage) -> crate::Result<()> {
+        self.all.set_last_message(id, last)?;
+        // A flush carries the whole changed record, as the server's layers do.
+        if let Some(record) = self.all.clients.get(id) {
+            self.changes.put_client(id, record.clone());
+        }
+        Ok(())
     }
     fn remove_client(&mut self, id: &str) {
         self.all.remove_client(id);

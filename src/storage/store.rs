@@ -14,6 +14,7 @@
 //!
 //! Why redb: see docs/architecture.md (the figures of redb and fjall on this apply path).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -141,8 +142,10 @@ impl RedbStore {
 }
 
 impl Tables for RedbStore {
-    fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
-        self.read(|txn| ReadView::client_in(txn, client_id))
+    fn client(&self, client_id: &str) -> Result<Option<Cow<'_, ClientRecord>>> {
+        Ok(self
+            .read(|txn| ReadView::client_in(txn, client_id))?
+            .map(Cow::Owned))
     }
 
     fn user(&self, username: &str) -> Result<Option<String>> {
