@@ -6,7 +6,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::procs::{Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until};
+use support::procs::{
+    Cluster, READY_TIMEOUT, deadline, logged_in_client, wait_until, wait_until_closely,
+};
 use tokio::sync::watch;
 
 /// Writers that keep sending until told to stop, each message acknowledged recorded with its
@@ -163,7 +165,9 @@ async fn kill_during_state_transfer(side: Side) {
             })
             .unwrap_or(false)
     };
-    wait_until(
+    // The transfer takes some tens of milliseconds: the joiner's incoming file is looked
+    // for every millisecond.
+    wait_until_closely(
         deadline(READY_TIMEOUT),
         "the store to start arriving",
         async || incoming(&cluster),

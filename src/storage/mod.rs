@@ -41,6 +41,7 @@
 mod format;
 mod identity;
 mod join_targets;
+mod message_pages;
 pub(crate) mod record;
 mod rewrite;
 mod store;

@@ -1,11 +1,12 @@
 //! The application state on disk: an embedded redb database in the data dir (`store`).
 //!
-//! Four tables: `messages` (index → record), `clients` (id → record), `users` (name →
-//! Argon2id PHC string), and `meta` (the [`StoreMeta`]: the applied index, term and
-//! configuration the tables are at, and the counters). Every flush from the replica is one
-//! write transaction that holds the changed records and the new meta, committed durably:
-//! after a crash the store is at one flush's position or the one before, never between.
-//! Messages are inserted once under increasing keys and never rewritten.
+//! Four tables: `message_pages` (the board, in pages of consecutive messages: see
+//! `message_pages.rs`), `clients` (id → record), `users` (name → Argon2id PHC string), and
+//! `meta` (the [`StoreMeta`]: the applied index, term and configuration the tables are at,
+//! and the counters). Every flush from the replica is one write transaction that holds the
+//! changed records and the new meta, committed durably: after a crash the store is at one
+//! flush's position or the one before, never between. Messages are written once, in index
+//! order.
 //!
 //! Reads take a read transaction, which sees the last committed flush (MVCC: a reader never
 //! waits for the writer). A state transfer reads the whole store through one read
@@ -23,12 +24,12 @@ use redb::{
     WriteTransaction,
 };
 
+use super::message_pages::{self, MESSAGE_PAGES};
 use super::sync_dir;
 use crate::app::{ClientRecord, Counters, MemTables, MessageRecord, Tables};
 use crate::error::{Error, Result};
 use crate::replica::{Store, StoreMeta, StoreWrite};
 
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -67,12 +68,13 @@ fn open_database(path: &Path) -> Result<Database> {
     // Create the tables once, so that every read transaction finds them.
     let txn = try_store!("begin", db.begin_write())?;
     create_tables(&txn)?;
+    message_pages::migrate_single_messages(&txn)?;
     try_store!("commit", txn.commit())?;
     Ok(db)
 }
 
 fn create_tables(txn: &WriteTransaction) -> Result<()> {
-    try_store!("table", txn.open_table(MESSAGES))?;
+    try_store!("table", txn.open_table(MESSAGE_PAGES))?;
     try_store!("table", txn.open_table(CLIENTS))?;
     try_store!("table", txn.open_table(USERS))?;
     try_store!("table", txn.open_table(META))?;
@@ -157,10 +159,8 @@ impl Tables for RedbStore {
 
     fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
         self.read(|txn| {
-            let table = try_store!("messages", txn.open_table(MESSAGES))?;
-            try_store!("messages", table.get(index))?
-                .map(|v| decode(v.value(), "message"))
-                .transpose()
+            let table = try_store!("messages", txn.open_table(MESSAGE_PAGES))?;
+            message_pages::get(&table, index)
         })
     }
 
@@ -204,13 +204,8 @@ fn write_records(
     let mut txn = try_store!("begin write", db.begin_write())?;
     try_store!("durability", txn.set_durability(durability))?;
     {
-        let mut messages = try_store!("messages", txn.open_table(MESSAGES))?;
-        for (index, record) in &changes.messages {
-            try_store!(
-                "messages",
-                messages.insert(*index, encode(record).as_slice())
-            )?;
-        }
+        let mut messages = try_store!("messages", txn.open_table(MESSAGE_PAGES))?;
+        message_pages::put(&mut messages, &changes.messages)?;
         let mut clients = try_store!("clients", txn.open_table(CLIENTS))?;
         for id in &changes.removed_clients {
             try_store!("clients", clients.remove(id.as_str()))?;
@@ -293,16 +288,8 @@ impl ReadView {
         from: u64,
         limit: u64,
     ) -> Result<Vec<(u64, MessageRecord)>> {
-        let table = try_store!("messages", txn.open_table(MESSAGES))?;
-        let mut found = Vec::new();
-        for row in try_store!("messages", table.range(from.max(1)..))? {
-            if found.len() as u64 >= limit {
-                break;
-            }
-            let (index, record) = try_store!("messages", row)?;
-            found.push((index.value(), decode(record.value(), "message")?));
-        }
-        Ok(found)
+        let table = try_store!("messages", txn.open_table(MESSAGE_PAGES))?;
+        message_pages::range(&table, from, limit)
     }
 }
 

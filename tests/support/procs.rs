@@ -25,6 +25,8 @@ use understudy::tls::{TlsClientConfig, TlsFiles};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often conditions are polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often a condition that holds only for a moment is polled.
+const CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// How often a server is started again on a new port when its port was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
@@ -38,6 +40,15 @@ pub fn deadline(timeout: Duration) -> Instant {
 pub async fn wait_for<T>(
     deadline: Instant,
     what: &str,
+    check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    poll(deadline, POLL_INTERVAL, what, check).await
+}
+
+async fn poll<T>(
+    deadline: Instant,
+    interval: Duration,
+    what: &str,
     mut check: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
     loop {
@@ -48,13 +59,32 @@ pub async fn wait_for<T>(
         if Instant::now() >= deadline {
             panic!("timed out waiting for {what}; last seen: {last}");
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
+/// Like [`wait_until`], but polls every millisecond: for a state that lasts only a moment
+/// (a state transfer of a few thousand messages takes some tens of milliseconds).
+pub async fn wait_until_closely(
+    deadline: Instant,
+    what: &str,
+    condition: impl AsyncFnMut() -> bool,
+) {
+    poll_condition(deadline, CLOSE_POLL_INTERVAL, what, condition).await
+}
+
 /// Polls `condition` until it holds; panics naming `what` if `deadline` passes first.
-pub async fn wait_until(deadline: Instant, what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    wait_for(deadline, what, async || {
+pub async fn wait_until(deadline: Instant, what: &str, condition: impl AsyncFnMut() -> bool) {
+    poll_condition(deadline, POLL_INTERVAL, what, condition).await
+}
+
+async fn poll_condition(
+    deadline: Instant,
+    interval: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    poll(deadline, interval, what, async || {
         if condition().await {
             Ok(())
         } else {
