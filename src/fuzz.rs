@@ -32,7 +32,7 @@ use crate::replication::{Entry, Envelope, HardState, Message, Payload, Write};
 use crate::server::client_api::bearer_token;
 use crate::server::peer_stream::{Frame, MAX_FRAME_BYTES, codec, handshake_codec};
 use crate::server::response::parse_json_object;
-use crate::storage::record::{encode_payload, encode_record, file_header, replay};
+use crate::storage::record::{Known, encode_payload, encode_record, file_header, replay};
 use crate::storage::transfer::{ChunkData, Record, decode_records};
 
 // ---- the largest single allocation, per thread, while a target runs ----
@@ -258,7 +258,7 @@ fn replay_bytes(
     file.set_len(0)?;
     file.seek(SeekFrom::Start(0))?;
     file.write_all(bytes)?;
-    replay(std::path::Path::new("fuzzed log"), file)
+    replay(std::path::Path::new("fuzzed log"), file, Known::default())
 }
 
 /// Rule: replay never accepts a record with a changed byte. It either reports damage, or

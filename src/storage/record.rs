@@ -168,9 +168,20 @@ pub(crate) struct Replayed {
     pub(super) file_len: u64,
 }
 
+/// What the writer of a file knows of it, which spares [`replay`] work when it compacts its
+/// own file (at start nothing is known).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Known {
+    /// Where the records end: replay stops there instead of reading the zeros kept ahead.
+    pub(crate) end: Option<u64>,
+    /// About how many entries the log holds, to size their vector once.
+    pub(crate) entries: usize,
+}
+
 /// Reads the file from the start and applies every valid record. Stops at a torn write
-/// (reporting where the valid part ends) and fails on damage.
-pub(crate) fn replay(path: &Path, file: &File) -> Result<Replayed> {
+/// (reporting where the valid part ends), or where `known` says the records end, and fails
+/// on damage.
+pub(crate) fn replay(path: &Path, file: &File, known: Known) -> Result<Replayed> {
     let file_len = file
         .metadata()
         .map_err(io_error("reading metadata of", path))?
@@ -207,10 +218,14 @@ pub(crate) fn replay(path: &Path, file: &File) -> Result<Replayed> {
     }
 
     let mut state = Recovered::default();
+    state.entries.reserve(known.entries);
     let mut offset = FILE_HEADER_LEN;
+    // One buffer for every record's payload.
+    let mut payload = Vec::new();
     loop {
-        // The clean end of the file, or an incomplete record header.
-        if file_len - offset < RECORD_HEADER_LEN {
+        // The clean end of the file, or an incomplete record header, or the end the writer
+        // knows.
+        if file_len - offset < RECORD_HEADER_LEN || known.end == Some(offset) {
             return stop(state, offset);
         }
         let corrupt = |reason: String| {
@@ -238,7 +253,8 @@ pub(crate) fn replay(path: &Path, file: &File) -> Result<Replayed> {
         if end > file_len {
             return stop(state, offset);
         }
-        let mut payload = vec![0u8; len as usize];
+        payload.clear();
+        payload.resize(len as usize, 0);
         reader
             .read_exact(&mut payload)
             .map_err(io_error("reading", path))?;

@@ -35,8 +35,8 @@ use std::io::{self, BufWriter, Write as _};
 use std::path::Path;
 
 use super::record::{
-    FILE_HEADER_LEN, RECORD_HEADER_LEN, encode_payload, encode_record, file_header, last_index,
-    replay, rest_is_zero,
+    FILE_HEADER_LEN, Known, RECORD_HEADER_LEN, encode_payload, encode_record, file_header,
+    last_index, replay, rest_is_zero,
 };
 use super::{io_error, sync_dir};
 use crate::replication::{Entry, Index, Write};
@@ -59,18 +59,29 @@ pub(super) struct Rewritten {
 /// Replaces the log file at `path` (in `dir`) with one holding only the state it replays
 /// to, durably. The caller must have handed every buffered record to the OS first, and must
 /// reopen its handle afterwards: the old one names the replaced file.
-pub(super) fn rewrite(dir: &Path, path: &Path, max_record_len: u32) -> Result<Rewritten> {
+pub(super) fn rewrite(
+    dir: &Path,
+    path: &Path,
+    max_record_len: u32,
+    known: Known,
+) -> Result<Rewritten> {
     // A fresh handle for reading from the start.
     let file = File::open(path).map_err(io_error("opening", path))?;
-    let replayed = replay(path, &file)?;
-    // Zeros after the last record are the space the log keeps ahead (see `wal.rs`).
-    if replayed.valid_len != replayed.file_len && !rest_is_zero(&file, replayed.valid_len, path)? {
+    let replayed = replay(path, &file, known)?;
+    // The writer knows where its records end; after them come the zeros the log keeps
+    // ahead (see `wal.rs`), which replay need not read.
+    let records_end = known.end.unwrap_or(replayed.file_len);
+    if replayed.valid_len != records_end
+        || (known.end.is_none()
+            && replayed.valid_len != replayed.file_len
+            && !rest_is_zero(&file, replayed.valid_len, path)?)
+    {
         // The store appends whole records only, so this is some other writer, or a failure
         // that should have stopped the store: rewriting would silently drop those bytes.
         return Err(Error::Corrupt(format!(
-            "{}: {} bytes after the last record while compacting",
+            "{}: the records end at byte {}, not at {records_end}, while compacting",
             path.display(),
-            replayed.file_len - replayed.valid_len
+            replayed.valid_len,
         )));
     }
     drop(file);
@@ -252,6 +263,29 @@ mod tests {
             recovered.entries,
             vec![entry(2, 6), entry(4, 7), entry(4, 8)]
         );
+    }
+
+    /// A compaction reads the records up to where the log knows they end, not past them:
+    /// the zeros kept ahead are not read again. A file cut short by another writer is
+    /// refused, not rewritten without its lost part.
+    #[test]
+    fn compaction_refuses_a_file_cut_short_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = LogStore::open(dir.path()).unwrap();
+        for write in history() {
+            store.write(&write).unwrap();
+        }
+        store.sync().unwrap();
+        assert!(file_len(dir.path()) > store.size(), "zeros are kept ahead");
+        let cut = store.size() - 3;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(LOG_FILE))
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let refused = store.write(&compact(5, 2)).unwrap_err();
+        assert!(matches!(refused, Error::Corrupt(_)), "{refused}");
     }
 
     /// Raft §7, an installed snapshot that does not match the log: entry 5 is in term 2, the

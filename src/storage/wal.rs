@@ -16,8 +16,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use super::record::{
-    FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, append_record, check_entries,
-    encode_payload_into, file_header, last_index, replay, rest_is_zero,
+    FILE_HEADER_LEN, Known, MAX_RECORD_LEN, RECORD_HEADER_LEN, Recovered, append_record,
+    check_entries, encode_payload_into, file_header, last_index, replay, rest_is_zero,
 };
 use super::rewrite::{remove_stale_temp, rewrite};
 use super::{create_dir_durable, io_error, sync_dir};
@@ -77,7 +77,7 @@ impl LogStore {
         remove_stale_temp(dir)?;
         let path = dir.join(LOG_FILE);
         let file = open_for_writing(&path)?;
-        let replayed = replay(&path, &file)?;
+        let replayed = replay(&path, &file, Known::default())?;
 
         let mut size = replayed.valid_len;
         let mut allocated = replayed.file_len;
@@ -234,7 +234,11 @@ impl LogStore {
     /// the previous compaction, so the cost is bounded by how often the server compacts.
     fn compact_file(&mut self) -> Result<()> {
         self.flush_buffer()?;
-        let live = rewrite(&self.dir, &self.path, self.max_record_len)?;
+        let known = Known {
+            end: Some(self.size),
+            entries: usize::try_from(self.last_index.saturating_sub(self.base_index)).unwrap_or(0),
+        };
+        let live = rewrite(&self.dir, &self.path, self.max_record_len, known)?;
         // The old handle names the replaced file; writing to it would lose the writes.
         self.file = open_for_writing(&self.path)?;
         self.size = live.size;
