@@ -24,6 +24,7 @@ use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -41,7 +42,9 @@ use crate::tls::TlsClientConfig;
 /// Most envelopes in one frame.
 const MAX_BATCH: usize = 4096;
 /// Waits between failed attempts to open a stream: the first retry at once (a connection
-/// that broke is usually back), then growing.
+/// that broke is usually back), then growing. Counted from the last failed attempt, so a
+/// peer that could not be reached long ago is dialled at once when there is something to
+/// send (see [`dial_wait`]).
 const DIAL_BACKOFF: [Duration; 5] = [
     Duration::ZERO,
     Duration::from_millis(20),
@@ -309,6 +312,7 @@ async fn link_loop(
 ) {
     let mut streams: Vec<Connection> = Vec::new();
     let mut failures = 0usize;
+    let mut last_failure: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             envelope = queue.recv() => match envelope {
@@ -332,7 +336,7 @@ async fn link_loop(
         }
         streams.retain(Connection::is_open);
         if streams.is_empty() {
-            let wait = DIAL_BACKOFF[failures.min(DIAL_BACKOFF.len() - 1)];
+            let wait = dial_wait(failures, last_failure.map(|at| at.elapsed()));
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -346,6 +350,7 @@ async fn link_loop(
                 }
                 Err(err) => {
                     failures += 1;
+                    last_failure = Some(Instant::now());
                     debug!(%peer, %err, "cannot open a stream");
                     // What queued meanwhile is stale; the protocol resends what matters.
                     while queue.try_recv().is_ok() {}
@@ -359,5 +364,52 @@ async fn link_loop(
         {
             streams.pop();
         }
+    }
+}
+
+/// How long to wait before dialling a peer after `failures` failed attempts in a row, the
+/// last of them `since_last` ago: what is left of the backoff. Without this, a link idle
+/// since a failure (a backup's link to another backup that restarted, used only when an
+/// election comes) waited the whole backoff before its first message, a vote request,
+/// and the other backup's own campaign started meanwhile: a split vote, and an election
+/// timeout before the next try.
+fn dial_wait(failures: usize, since_last: Option<Duration>) -> Duration {
+    let backoff = DIAL_BACKOFF[failures.min(DIAL_BACKOFF.len() - 1)];
+    backoff.saturating_sub(since_last.unwrap_or(Duration::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backoff between failed dials counts from the last failure: right after one the
+    /// link waits it out, but a peer that failed long ago is dialled at once.
+    #[test]
+    fn a_backoff_counts_from_the_last_failure() {
+        assert_eq!(
+            dial_wait(0, None),
+            Duration::ZERO,
+            "the first dial goes at once"
+        );
+        assert_eq!(
+            dial_wait(1, Some(Duration::ZERO)),
+            DIAL_BACKOFF[1],
+            "right after a failure, the whole backoff"
+        );
+        assert_eq!(
+            dial_wait(3, Some(Duration::from_millis(30))),
+            DIAL_BACKOFF[3] - Duration::from_millis(30),
+            "what is left of it"
+        );
+        assert_eq!(
+            dial_wait(9, Some(Duration::from_secs(5))),
+            Duration::ZERO,
+            "a failure long ago: at once"
+        );
+        assert_eq!(
+            dial_wait(9, Some(Duration::ZERO)),
+            DIAL_BACKOFF[DIAL_BACKOFF.len() - 1],
+            "the backoff stops growing"
+        );
     }
 }
