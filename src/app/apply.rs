@@ -204,22 +204,15 @@ fn message(
     text: &str,
 ) -> Result<Applied> {
     // One judgement for both the primary's check and apply, so they cannot disagree.
-    let (check, username) = match judge_message(tables, client_id, token_hash, seq, text)? {
-        (MessageCheck::New, Some(client)) => {
-            let Some(username) = client.username.clone() else {
-                unreachable!("check_message accepted client {client_id} without a user");
-            };
-            (MessageCheck::New, username)
-        }
-        (MessageCheck::New, None) => {
-            unreachable!("check_message accepted unknown client {client_id}")
-        }
-        (check, _) => (check, String::new()),
-    };
+    let (check, client) = judge_message(tables, client_id, token_hash, seq, text)?;
     match check {
         MessageCheck::Rejected(rejection) => Ok(Applied::rejected(rejection)),
         MessageCheck::Retry(index) => Ok(Applied::outcome(Outcome::Posted { index })),
         MessageCheck::New => {
+            // The record is read borrowed; only the username is copied, for the message.
+            let Some(username) = client.and_then(|client| client.username.clone()) else {
+                unreachable!("check_message accepted client {client_id} without a user");
+            };
             let mut counters = tables.counters()?;
             let index = counters.messages + 1;
             counters.messages = index;
