@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::records::{ClientRecord, Counters, LastMessage, MessageRecord};
-use super::tables::{Tables, TablesMut};
-use crate::error::{Error, Result};
+use super::tables::{Tables, TablesMut, not_in_the_tables};
+use crate::error::Result;
 
 /// Tables as ordered maps. `BTreeMap` everywhere: iteration order is part of the answers.
 #[derive(Clone, Debug, Default)]
@@ -130,15 +130,12 @@ impl TablesMut for MemTables {
     }
 
     fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()> {
-        match self.clients.get_mut(client_id) {
-            Some(client) => {
-                client.last = Some(last);
-                Ok(())
-            }
-            None => Err(Error::Internal(format!(
-                "a message for client {client_id}, which is not in the tables"
-            ))),
-        }
+        let client = self
+            .clients
+            .get_mut(client_id)
+            .ok_or_else(|| not_in_the_tables(client_id))?;
+        client.last = Some(last);
+        Ok(())
     }
 
     fn remove_client(&mut self, client_id: &str) {

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use super::records::{ClientRecord, Counters, LastMessage, MessageRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Reading the application's tables.
 pub trait Tables {
@@ -33,13 +33,28 @@ pub trait Tables {
 /// Writing them. Only `apply` writes, and it writes nothing for a refused request.
 pub trait TablesMut: Tables {
     fn put_client(&mut self, client_id: &str, record: ClientRecord);
-    /// Sets the `last` of a client that exists: what every stored message changes, done in
-    /// place where the record is at hand.
-    fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()>;
+    /// Sets the `last` of a client that exists: what every stored message changes. Here by
+    /// a copy of the record; tables that hold it in memory change it in place.
+    fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()> {
+        let Some(mut client) = self.client(client_id)?.map(Cow::into_owned) else {
+            return Err(not_in_the_tables(client_id));
+        };
+        client.last = Some(last);
+        self.put_client(client_id, client);
+        Ok(())
+    }
     /// Forgets a client (only `ExpireClient` does, for clients that never logged in).
     fn remove_client(&mut self, client_id: &str);
     fn put_user(&mut self, username: &str, password_hash: &str);
     /// Stores a new message; indexes come in order and are never written twice.
     fn put_message(&mut self, index: u64, record: MessageRecord);
     fn set_counters(&mut self, counters: Counters);
+}
+
+/// A message for a client the tables do not hold: `apply` judged it against that client's
+/// record, so this is a bug, never a client's mistake.
+pub(super) fn not_in_the_tables(client_id: &str) -> Error {
+    Error::Internal(format!(
+        "a message for client {client_id}, which is not in the tables"
+    ))
 }

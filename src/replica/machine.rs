@@ -18,7 +18,7 @@ use super::store::Store;
 use crate::app::{
     ClientRecord, Counters, LastMessage, MemTables, MessageRecord, Tables, TablesMut,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::replication::Index;
 
 pub struct Machine<S> {
@@ -185,19 +185,13 @@ impl<S: Store> TablesMut for Machine<S> {
     }
 
     fn set_last_message(&mut self, client_id: &str, last: LastMessage) -> Result<()> {
-        if let Some(client) = self.active.clients.get_mut(client_id) {
-            client.last = Some(last);
-            return Ok(());
+        if !self.active.clients.contains_key(client_id)
+            && let Some(client) = self.client(client_id)?.map(Cow::into_owned)
+        {
+            // In an older layer or the store: the newest layer gets a copy to change.
+            self.active.put_client(client_id, client);
         }
-        // In an older layer or the store: the newest layer gets the changed copy.
-        let Some(mut client) = self.client(client_id)?.map(Cow::into_owned) else {
-            return Err(Error::Internal(format!(
-                "a message for client {client_id}, which is not in the tables"
-            )));
-        };
-        client.last = Some(last);
-        self.active.put_client(client_id, client);
-        Ok(())
+        self.active.set_last_message(client_id, last)
     }
 
     fn remove_client(&mut self, client_id: &str) {

@@ -1,10 +1,9 @@
 //! Scenario tests of the replica on its own: one server, a store in memory, its outputs
 //! carried out by hand.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
-
-use std::borrow::Cow;
 
 use super::*;
 use crate::app::{ClientRecord, Command, Counters, MemTables, MessageRecord, Outcome, Tables};

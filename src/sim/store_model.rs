@@ -58,14 +58,6 @@ impl TablesMut for Recording {
         self.all.put_client(id, record.clone());
         self.changes.put_client(id, record);
     }
-    fn set_last_message(&mut self, id: &str, last: crate::app::LastMessage) -> crate::Result<()> {
-        self.all.set_last_message(id, last)?;
-        // A flush carries the whole changed record, as the server's layers do.
-        if let Some(record) = self.all.clients.get(id) {
-            self.changes.put_client(id, record.clone());
-        }
-        Ok(())
-    }
     fn remove_client(&mut self, id: &str) {
         self.all.remove_client(id);
         self.changes.remove_client(id);

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use super::store::{decode, store_error};
 use crate::app::MessageRecord;
 use crate::error::{Error, Result};
 
@@ -27,10 +28,6 @@ pub(super) const PAGE_LEN: u64 = 64;
 /// The table of stores from before pages: index → one record.
 const SINGLE_MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 
-fn error(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Error {
-    move |err| Error::Io(format!("store: {what}: {err}"))
-}
-
 /// The page that holds message `index` (from 1), and its slot there.
 fn page_of(index: u64) -> (u64, usize) {
     let from_zero = index.saturating_sub(1);
@@ -38,7 +35,7 @@ fn page_of(index: u64) -> (u64, usize) {
 }
 
 fn decode_page(bytes: &[u8]) -> Result<Vec<MessageRecord>> {
-    postcard::from_bytes(bytes).map_err(|err| Error::Corrupt(format!("store: message page: {err}")))
+    decode(bytes, "message page")
 }
 
 /// Writes `messages` into their pages, over any stored under the same indexes. Refuses
@@ -54,12 +51,15 @@ pub(super) fn put(
         if first == 0 {
             return Err(Error::Internal("a message with index 0".to_string()));
         }
-        let (page, slot) = page_of(first);
-        // The page's records so far: a flush usually continues a partial page. (Decoded
-        // only when the batch does not start the page.)
-        let kept = match table.get(page).map_err(|e| error("message pages")(&e))? {
-            Some(value) if slot > 0 => decode_page(value.value())?,
-            _ => Vec::new(),
+        let (page, _) = page_of(first);
+        // The page's records so far: a flush usually continues a partial page, and starts
+        // the pages after it afresh (those are not in the table yet).
+        let kept = match table
+            .get(page)
+            .map_err(|e| store_error("message pages")(&e))?
+        {
+            Some(value) => decode_page(value.value())?,
+            None => Vec::new(),
         };
         let mut records: Vec<Cow<'_, MessageRecord>> = kept.into_iter().map(Cow::Owned).collect();
         while let Some(&(&index, record)) = remaining.peek() {
@@ -84,7 +84,7 @@ pub(super) fn put(
             .map_err(|err| Error::Internal(format!("encoding a message page: {err}")))?;
         table
             .insert(page, bytes.as_slice())
-            .map_err(|e| error("message pages")(&e))?;
+            .map_err(|e| store_error("message pages")(&e))?;
     }
     Ok(())
 }
@@ -98,7 +98,10 @@ pub(super) fn get(
         return Ok(None);
     }
     let (page, slot) = page_of(index);
-    let Some(value) = table.get(page).map_err(|e| error("message pages")(&e))? else {
+    let Some(value) = table
+        .get(page)
+        .map_err(|e| store_error("message pages")(&e))?
+    else {
         return Ok(None);
     };
     let mut records = decode_page(value.value())?;
@@ -116,9 +119,9 @@ pub(super) fn range(
     let mut found = Vec::new();
     for row in table
         .range(first_page..)
-        .map_err(|e| error("message pages")(&e))?
+        .map_err(|e| store_error("message pages")(&e))?
     {
-        let (page, value) = row.map_err(|e| error("message pages")(&e))?;
+        let (page, value) = row.map_err(|e| store_error("message pages")(&e))?;
         let first = page.value() * PAGE_LEN + 1;
         for (index, record) in (first..).zip(decode_page(value.value())?) {
             if found.len() as u64 >= limit {
@@ -137,16 +140,14 @@ pub(super) fn range(
 pub(super) fn migrate_single_messages(txn: &WriteTransaction) -> Result<()> {
     /// Messages moved per step, to bound the memory a large board takes.
     const STEP: usize = 4096;
-    let migrate = |e: &dyn std::fmt::Display| Error::Io(format!("store: migrating messages: {e}"));
+    let migrate = store_error("migrating messages");
     {
         let old = txn.open_table(SINGLE_MESSAGES).map_err(|e| migrate(&e))?;
         let mut pages = txn.open_table(MESSAGE_PAGES).map_err(|e| migrate(&e))?;
         let mut step = BTreeMap::new();
         for row in old.iter().map_err(|e| migrate(&e))? {
             let (index, value) = row.map_err(|e| migrate(&e))?;
-            let record: MessageRecord = postcard::from_bytes(value.value())
-                .map_err(|err| Error::Corrupt(format!("store: message: {err}")))?;
-            step.insert(index.value(), record);
+            step.insert(index.value(), decode(value.value(), "message")?);
             if step.len() == STEP {
                 put(&mut pages, &std::mem::take(&mut step))?;
             }
@@ -253,6 +254,13 @@ mod tests {
         write(&db, &rewritten).unwrap();
         let mut want = messages(1..=12);
         want.get_mut(&6).unwrap().text = "rewritten".to_string();
+        assert_eq!(read_all(&db), want.clone().into_iter().collect::<Vec<_>>());
+
+        // From a page's first slot too: what follows in the page stays.
+        let mut from_the_start = messages(1..=2);
+        from_the_start.get_mut(&1).unwrap().text = "first again".to_string();
+        write(&db, &from_the_start).unwrap();
+        want.get_mut(&1).unwrap().text = "first again".to_string();
         assert_eq!(read_all(&db), want.into_iter().collect::<Vec<_>>());
     }
 

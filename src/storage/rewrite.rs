@@ -36,7 +36,7 @@ use std::path::Path;
 
 use super::record::{
     FILE_HEADER_LEN, Known, RECORD_HEADER_LEN, encode_payload, encode_record, file_header,
-    last_index, replay, rest_is_zero,
+    last_index, replay,
 };
 use super::{io_error, sync_dir};
 use crate::replication::{Entry, Index, Write};
@@ -59,23 +59,25 @@ pub(super) struct Rewritten {
 /// Replaces the log file at `path` (in `dir`) with one holding only the state it replays
 /// to, durably. The caller must have handed every buffered record to the OS first, and must
 /// reopen its handle afterwards: the old one names the replaced file.
+///
+/// The caller knows where its records end (`records_end`) and about how many entries the
+/// log holds: replay stops there, without reading the zeros the log keeps ahead (see
+/// `wal.rs`), and sizes the entries' vector once.
 pub(super) fn rewrite(
     dir: &Path,
     path: &Path,
     max_record_len: u32,
-    known: Known,
+    records_end: u64,
+    entries: usize,
 ) -> Result<Rewritten> {
     // A fresh handle for reading from the start.
     let file = File::open(path).map_err(io_error("opening", path))?;
+    let known = Known {
+        end: Some(records_end),
+        entries,
+    };
     let replayed = replay(path, &file, known)?;
-    // The writer knows where its records end; after them come the zeros the log keeps
-    // ahead (see `wal.rs`), which replay need not read.
-    let records_end = known.end.unwrap_or(replayed.file_len);
-    if replayed.valid_len != records_end
-        || (known.end.is_none()
-            && replayed.valid_len != replayed.file_len
-            && !rest_is_zero(&file, replayed.valid_len, path)?)
-    {
+    if replayed.valid_len != records_end {
         // The store appends whole records only, so this is some other writer, or a failure
         // that should have stopped the store: rewriting would silently drop those bytes.
         return Err(Error::Corrupt(format!(

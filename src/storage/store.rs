@@ -50,7 +50,7 @@ pub struct RedbStore {
     dir: PathBuf,
 }
 
-fn store_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
+pub(super) fn store_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
     move |err| Error::Io(format!("store: {what}: {err}"))
 }
 
@@ -81,7 +81,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|err| Error::Corrupt(format!("store: {what}: {err}")))
 }
 

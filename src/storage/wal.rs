@@ -234,11 +234,14 @@ impl LogStore {
     /// the previous compaction, so the cost is bounded by how often the server compacts.
     fn compact_file(&mut self) -> Result<()> {
         self.flush_buffer()?;
-        let known = Known {
-            end: Some(self.size),
-            entries: usize::try_from(self.last_index.saturating_sub(self.base_index)).unwrap_or(0),
-        };
-        let live = rewrite(&self.dir, &self.path, self.max_record_len, known)?;
+        let entries = usize::try_from(self.last_index.saturating_sub(self.base_index)).unwrap_or(0);
+        let live = rewrite(
+            &self.dir,
+            &self.path,
+            self.max_record_len,
+            self.size,
+            entries,
+        )?;
         // The old handle names the replaced file; writing to it would lose the writes.
         self.file = open_for_writing(&self.path)?;
         self.size = live.size;
