@@ -18,9 +18,10 @@ use crate::error::Result;
 pub struct Applied {
     /// What the waiting client is told (the same on every server).
     pub outcome: Outcome,
-    /// The message newly stored on the board by this request, if any (a retry stores nothing,
-    /// so this is None then). The server prints it on stdout.
-    pub posted: Option<Posted>,
+    /// The index of the message newly stored on the board by this request, if any (a retry
+    /// stores nothing, so this is None then). The server prints it on stdout, reading it
+    /// from the tables it was just put in rather than from a copy.
+    pub posted: Option<u64>,
 }
 
 impl Applied {
@@ -223,12 +224,11 @@ fn message(
                 seq,
                 text: text.to_string(),
             };
-            let posted = Posted::new(index, record.clone());
             tables.put_message(index, record);
             tables.set_counters(counters);
             Ok(Applied {
                 outcome: Outcome::Posted { index },
-                posted: Some(posted),
+                posted: Some(index),
             })
         }
     }

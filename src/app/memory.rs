@@ -82,8 +82,8 @@ impl Tables for MemTables {
         Ok(self.users.get(username).cloned())
     }
 
-    fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
-        Ok(self.messages.get(&index).cloned())
+    fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>> {
+        Ok(self.messages.get(&index).map(Cow::Borrowed))
     }
 
     fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>> {

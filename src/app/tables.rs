@@ -18,8 +18,9 @@ pub trait Tables {
     fn client(&self, client_id: &str) -> Result<Option<Cow<'_, ClientRecord>>>;
     /// The Argon2id PHC string of this user.
     fn user(&self, username: &str) -> Result<Option<String>>;
-    /// The message with this index.
-    fn message(&self, index: u64) -> Result<Option<MessageRecord>>;
+    /// The message with this index: borrowed where the tables hold it in memory, so that a
+    /// server prints a message it just applied without a copy.
+    fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>>;
     /// The messages with index >= `from` (at least 1), at most `limit`, in index order.
     fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>>;
     /// Every client, ordered by id.

@@ -125,10 +125,10 @@ impl<S: Store> Tables for Machine<S> {
         self.store.user(username)
     }
 
-    fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
+    fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>> {
         for layer in self.layers() {
             if let Some(record) = layer.messages.get(&index) {
-                return Ok(Some(record.clone()));
+                return Ok(Some(Cow::Borrowed(record)));
             }
         }
         self.store.message(index)

@@ -437,8 +437,8 @@ impl<S: Store, W> Replica<S, W> {
                 Payload::Command(bytes) => match Request::view(bytes) {
                     Ok(request) => {
                         let applied = apply(&mut self.machine, &request)?;
-                        if let Some(posted) = applied.posted {
-                            self.outputs.push(Output::Posted(posted));
+                        if let Some(index) = applied.posted {
+                            self.outputs.push(Output::Posted { index });
                         }
                         Some(applied.outcome)
                     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::store::StoreMeta;
-use crate::app::{MemTables, Outcome, Posted};
+use crate::app::{MemTables, Outcome};
 use crate::error::Result;
 use crate::replication::{ElectionCause, Entry, Envelope, Index, NodeId, RoleKind, Term, Write};
 
@@ -18,8 +18,9 @@ pub enum Output<W> {
     SendState { to: NodeId, term: Term },
     /// Answer whoever waits.
     Reply(W, Answer),
-    /// A message was stored on the board (every server prints it).
-    Posted(Posted),
+    /// The message at this index was stored on the board (every server prints it, reading
+    /// it from the replica's tables, where it is in memory).
+    Posted { index: u64 },
     /// This server became a ready primary: tell every backup the members, every client
     /// (at these notification addresses) the new primary.
     Announce {

@@ -20,8 +20,13 @@ impl Tables for MemStore {
     fn user(&self, name: &str) -> Result<Option<String>> {
         self.0.borrow().1.user(name)
     }
-    fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
-        self.0.borrow().1.message(index)
+    fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>> {
+        Ok(self
+            .0
+            .borrow()
+            .1
+            .message(index)?
+            .map(|m| Cow::Owned(m.into_owned())))
     }
     fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>> {
         self.0.borrow().1.messages(from, limit)

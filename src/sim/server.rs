@@ -337,7 +337,7 @@ impl Server {
                     effects.roles.push((role, term));
                 }
                 Output::Applied { entry, outcome } => effects.applied.push((entry, outcome)),
-                Output::Posted(_)
+                Output::Posted { .. }
                 | Output::Announce { .. }
                 | Output::SetBackups { .. }
                 | Output::Removed => {}

@@ -118,8 +118,14 @@ impl Tables for SimStore {
         self.0.borrow().tables.user(username)
     }
 
-    fn message(&self, index: u64) -> StoreResult<Option<MessageRecord>> {
-        self.0.borrow().tables.message(index)
+    fn message(&self, index: u64) -> StoreResult<Option<Cow<'_, MessageRecord>>> {
+        // Owned: the borrow of the shared file ends here.
+        Ok(self
+            .0
+            .borrow()
+            .tables
+            .message(index)?
+            .map(|record| Cow::Owned(record.into_owned())))
     }
 
     fn messages(&self, from: u64, limit: u64) -> StoreResult<Vec<(u64, MessageRecord)>> {

@@ -32,7 +32,10 @@ impl Tables for Recording {
     fn user(&self, name: &str) -> crate::Result<Option<String>> {
         self.all.user(name)
     }
-    fn message(&self, index: u64) -> crate::Result<Option<crate::app::MessageRecord>> {
+    fn message(
+        &self,
+        index: u64,
+    ) -> crate::Result<Option<std::borrow::Cow<'_, crate::app::MessageRecord>>> {
         self.all.message(index)
     }
     fn messages(

@@ -157,10 +157,10 @@ impl Tables for RedbStore {
         })
     }
 
-    fn message(&self, index: u64) -> Result<Option<MessageRecord>> {
+    fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>> {
         self.read(|txn| {
             let table = try_store!("messages", txn.open_table(MESSAGE_PAGES))?;
-            message_pages::get(&table, index)
+            Ok(message_pages::get(&table, index)?.map(Cow::Owned))
         })
     }
 

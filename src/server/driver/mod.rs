@@ -514,11 +514,15 @@ impl Driver {
                     ));
                 }
                 Output::Reply(waiter, answer) => waiter.answer_with(answer, &self.replica.view()),
-                Output::Posted(posted) => {
-                    self.io
-                        .printer
-                        .line(self.replica.node().id(), &posted.username, &posted.text)
-                }
+                Output::Posted { index } => match self.replica.tables().message(index) {
+                    Ok(Some(posted)) => self.io.printer.line(
+                        self.replica.node().id(),
+                        &posted.username,
+                        &posted.text,
+                    ),
+                    Ok(None) => warn!(index, "an applied message is not in the tables"),
+                    Err(err) => warn!(index, %err, "cannot read an applied message to print it"),
+                },
                 Output::Announce {
                     term,
                     members,
