@@ -19,4 +19,4 @@ pub use apply::{
 pub use command::{Command, Outcome, Rejection, Request};
 pub use memory::MemTables;
 pub use records::{ClientRecord, ClientSummary, Counters, LastMessage, MessageRecord, Posted};
-pub use tables::{Tables, TablesMut};
+pub use tables::{Tables, TablesMut, detached};

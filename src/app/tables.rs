@@ -52,6 +52,13 @@ pub trait TablesMut: Tables {
     fn set_counters(&mut self, counters: Counters);
 }
 
+/// A record read from tables behind a `RefCell`, as an owned copy: such tables cannot lend
+/// a record past the read, so their `client` and `message` hand out the inner tables'
+/// answer through this.
+pub fn detached<T: Clone>(found: Option<Cow<'_, T>>) -> Option<Cow<'static, T>> {
+    found.map(|record| Cow::Owned(record.into_owned()))
+}
+
 /// A message for a client the tables do not hold: `apply` judged it against that client's
 /// record, so this is a bug, never a client's mistake.
 pub(super) fn not_in_the_tables(client_id: &str) -> Error {

@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
-use crate::app::{ClientRecord, Command, Counters, MemTables, MessageRecord, Outcome, Tables};
+use crate::app::{
+    ClientRecord, Command, Counters, MemTables, MessageRecord, Outcome, Tables, detached,
+};
 use crate::replication::{HardState, Options, SnapshotMeta};
 
 /// A store in memory, shared with the test so that it can play the storage side.
@@ -15,18 +17,13 @@ struct MemStore(Rc<RefCell<(StoreMeta, MemTables)>>);
 
 impl Tables for MemStore {
     fn client(&self, id: &str) -> Result<Option<Cow<'_, ClientRecord>>> {
-        Ok(self.0.borrow().1.clients.get(id).cloned().map(Cow::Owned))
+        Ok(detached(self.0.borrow().1.client(id)?))
     }
     fn user(&self, name: &str) -> Result<Option<String>> {
         self.0.borrow().1.user(name)
     }
     fn message(&self, index: u64) -> Result<Option<Cow<'_, MessageRecord>>> {
-        Ok(self
-            .0
-            .borrow()
-            .1
-            .message(index)?
-            .map(|m| Cow::Owned(m.into_owned())))
+        Ok(detached(self.0.borrow().1.message(index)?))
     }
     fn messages(&self, from: u64, limit: u64) -> Result<Vec<(u64, MessageRecord)>> {
         self.0.borrow().1.messages(from, limit)

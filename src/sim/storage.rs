@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::app::{ClientRecord, Counters, MemTables, MessageRecord, Tables};
+use crate::app::{ClientRecord, Counters, MemTables, MessageRecord, Tables, detached};
 use crate::error::Result as StoreResult;
 use crate::replica::{Job, Persisted, Store, StoreMeta, StoreWrite};
 use crate::replication::{Entry, HardState, Index, SnapshotMeta, Write, retain_after};
@@ -109,9 +109,7 @@ impl SimStore {
 
 impl Tables for SimStore {
     fn client(&self, client_id: &str) -> StoreResult<Option<Cow<'_, ClientRecord>>> {
-        // Copied out: the borrow of the cell ends here.
-        let file = self.0.borrow();
-        Ok(file.tables.clients.get(client_id).cloned().map(Cow::Owned))
+        Ok(detached(self.0.borrow().tables.client(client_id)?))
     }
 
     fn user(&self, username: &str) -> StoreResult<Option<String>> {
@@ -119,13 +117,7 @@ impl Tables for SimStore {
     }
 
     fn message(&self, index: u64) -> StoreResult<Option<Cow<'_, MessageRecord>>> {
-        // Owned: the borrow of the shared file ends here.
-        Ok(self
-            .0
-            .borrow()
-            .tables
-            .message(index)?
-            .map(|record| Cow::Owned(record.into_owned())))
+        Ok(detached(self.0.borrow().tables.message(index)?))
     }
 
     fn messages(&self, from: u64, limit: u64) -> StoreResult<Vec<(u64, MessageRecord)>> {
