@@ -196,13 +196,47 @@ pub async fn logout(
 /// outcome; a rejection by `apply` becomes the matching error.
 async fn propose(app: &AppState, peer: SocketAddr, command: Command) -> Result<Outcome> {
     let request = Request {
-        origin: peer.to_string(),
+        origin: origin_text(peer),
         command,
     };
     match app.driver.submit(request).await? {
         Outcome::Rejected(rejection) => Err(rejection.into_error()),
         outcome => Ok(outcome),
     }
+}
+
+/// The TCP peer's address as `IP:PORT`, as `SocketAddr`'s `Display` writes it. An IPv4
+/// address's numbers are written here directly: through the formatter, a call for each of
+/// them, it was about 1.5 % of the primary's user time at 64 clients, on every request.
+fn origin_text(peer: SocketAddr) -> String {
+    let SocketAddr::V4(peer) = peer else {
+        return peer.to_string();
+    };
+    let mut text = String::with_capacity("255.255.255.255:65535".len());
+    for (i, octet) in peer.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        push_decimal(&mut text, u32::from(octet));
+    }
+    text.push(':');
+    push_decimal(&mut text, u32::from(peer.port()));
+    text
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(text: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend(digits[start..].iter().copied().map(char::from));
 }
 
 /// The bearer token of a request, read from its `Authorization` header alone (taking the
@@ -233,4 +267,25 @@ pub(crate) fn bearer_token(value: Option<&[u8]>) -> Option<&str> {
 
 fn unexpected(outcome: Outcome) -> Error {
     Error::Internal(format!("unexpected outcome {outcome:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_text_is_what_display_writes() {
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:8080",
+            "10.20.3.40:9",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8::7]:65000",
+        ] {
+            let peer: SocketAddr = addr.parse().unwrap();
+            assert_eq!(origin_text(peer), peer.to_string());
+            assert_eq!(origin_text(peer), addr);
+        }
+    }
 }
