@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::listen::ClientCertificate;
+use super::listen::Connection;
 use crate::error::Error;
 
 /// The header that carries a peer request's signature.
@@ -215,7 +215,10 @@ pub async fn check_peer_request(gate: &PeerGate, request: Request) -> Result<Req
             .into_response()
     };
     if gate.require_certificate
-        && request.extensions().get::<ClientCertificate>() != Some(&ClientCertificate(true))
+        && !request
+            .extensions()
+            .get::<Connection>()
+            .is_some_and(|connection| connection.certified)
     {
         return Err(Error::Unauthorized(
             "peer requests need a client certificate from the cluster's CA".to_string(),

@@ -13,12 +13,13 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::FromRequestParts;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 
 use super::AppState;
 use super::credentials::{hash_password, new_client_id, new_token, token_hash, verify_password};
+use super::listen::Remote;
 use super::response::JsonBody;
 use crate::api::{
     AuthRequest, AuthResponse, DemoMessageRequest, DemoMessageResponse, InitRequest, InitResponse,
@@ -40,7 +41,7 @@ fn limit_inits(app: &AppState, peer: SocketAddr) -> Result<()> {
 /// `POST /client/init`: registers the client's notification address.
 pub async fn init(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Remote(peer): Remote,
     JsonBody(body): JsonBody<InitRequest>,
 ) -> Result<Json<InitResponse>> {
     limit_inits(&app, peer)?;
@@ -65,7 +66,7 @@ pub async fn init(
 /// `POST /client/register`: a new user; the password is hashed here, on the primary.
 pub async fn register(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Remote(peer): Remote,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>)> {
     limit_inits(&app, peer)?;
@@ -100,7 +101,7 @@ pub async fn register(
 /// `POST /client/auth`: checks the password and opens a session with a fresh token.
 pub async fn auth(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Remote(peer): Remote,
     JsonBody(body): JsonBody<AuthRequest>,
 ) -> Result<Json<AuthResponse>> {
     validate_username(&body.username)?;
@@ -154,7 +155,7 @@ pub async fn auth(
 /// `POST /client/demo-message`: puts a message on the board, at most once per `seq`.
 pub async fn demo_message(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Remote(peer): Remote,
     Bearer(token): Bearer,
     JsonBody(body): JsonBody<DemoMessageRequest>,
 ) -> Result<Json<DemoMessageResponse>> {
@@ -177,7 +178,7 @@ pub async fn demo_message(
 /// `POST /client/logout`: ends the session; the client stays listed.
 pub async fn logout(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Remote(peer): Remote,
     Bearer(token): Bearer,
     JsonBody(body): JsonBody<LogoutRequest>,
 ) -> Result<Json<serde_json::Value>> {

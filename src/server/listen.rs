@@ -3,16 +3,17 @@
 //!
 //! Each accepted connection runs in a task of its own, so a slow handshake or a slow sender
 //! holds up nobody else. Every request is handed to the server's service ([`Front`]) with
-//! two extensions: the remote address (`ConnectInfo`, for limits kept per source) and
-//! whether the connection presented a client certificate the cluster's CA signed
-//! ([`ClientCertificate`], which peer routes require under TLS).
+//! one extension, the [`Connection`] it came on: the remote address (for limits kept per
+//! source, and the origin stored with a command) and whether the connection presented a
+//! client certificate the cluster's CA signed (which peer routes require under TLS).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 
 use super::front::Front;
 use super::metrics::Metrics;
+use crate::error::Error;
 use crate::tls::ServerTls;
 
 /// Default cap on open connections (clients, peers, scrapers together).
@@ -57,10 +59,31 @@ impl Default for ListenOptions {
     }
 }
 
-/// Whether the connection a request came on presented a client certificate signed by the
-/// cluster's CA (always false without TLS).
+/// The connection a request came on. One extension for both facts: every extension is a
+/// box and a map entry of its own, made and dropped for every request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientCertificate(pub bool);
+pub struct Connection {
+    /// The TCP peer.
+    pub remote: SocketAddr,
+    /// Whether it presented a client certificate signed by the cluster's CA (always false
+    /// without TLS).
+    pub certified: bool,
+}
+
+/// The remote address of the connection a request came on, for handlers.
+pub struct Remote(pub SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Remote {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Remote, Error> {
+        parts
+            .extensions
+            .get::<Connection>()
+            .map(|connection| Remote(connection.remote))
+            .ok_or_else(|| Error::Internal("a request without its connection".to_string()))
+    }
+}
 
 /// What a connection over the cap is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 89\r\nconnection: close\r\n\r\n{\"error\":\"too_many_requests\",\"message\":\"too many open connections\",\"retry_after_ms\":1000}";
@@ -104,14 +127,22 @@ pub async fn serve(
         };
         let front = front.clone();
         let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
+        // A token of its own: every poll of a waiting connection looks at its token, and
+        // one token shared by all connections would have them all take one lock.
+        let shutdown = shutdown.child_token();
         let metrics = metrics.clone();
         let header_timeout = options.header_read_timeout;
         connections.spawn(async move {
             let _slot = slot;
             match acceptor {
                 None => {
-                    let service = with_connection_info(front, remote, ClientCertificate(false));
+                    let service = with_connection_info(
+                        front,
+                        Connection {
+                            remote,
+                            certified: false,
+                        },
+                    );
                     serve_http(tcp, service, header_timeout, &metrics, shutdown).await;
                 }
                 Some(acceptor) => {
@@ -131,7 +162,7 @@ pub async fn serve(
                         };
                     // The verifier accepted a certificate only if the cluster's CA signed it.
                     let certified = tls.get_ref().1.peer_certificates().is_some();
-                    let service = with_connection_info(front, remote, ClientCertificate(certified));
+                    let service = with_connection_info(front, Connection { remote, certified });
                     serve_http(tls, service, header_timeout, &metrics, shutdown).await;
                 }
             }
@@ -149,8 +180,7 @@ pub async fn serve(
 /// The server's service, with the connection's facts added to every request.
 fn with_connection_info(
     front: Front,
-    remote: SocketAddr,
-    certificate: ClientCertificate,
+    connection: Connection,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = axum::response::Response,
@@ -158,8 +188,7 @@ fn with_connection_info(
     Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        request.extensions_mut().insert(certificate);
+        request.extensions_mut().insert(connection);
         let front = front.clone();
         async move { Ok(front.call(request).await) }
     })
