@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::listen::Connection;
+use super::listen::ConnectionInfo;
 use crate::error::Error;
 
 /// The header that carries a peer request's signature.
@@ -217,7 +217,7 @@ pub async fn check_peer_request(gate: &PeerGate, request: Request) -> Result<Req
     if gate.require_certificate
         && !request
             .extensions()
-            .get::<Connection>()
+            .get::<ConnectionInfo>()
             .is_some_and(|connection| connection.certified)
     {
         return Err(Error::Unauthorized(

@@ -3,9 +3,10 @@
 //!
 //! Each accepted connection runs in a task of its own, so a slow handshake or a slow sender
 //! holds up nobody else. Every request is handed to the server's service ([`Front`]) with
-//! one extension, the [`Connection`] it came on: the remote address (for limits kept per
-//! source, and the origin stored with a command) and whether the connection presented a
-//! client certificate the cluster's CA signed (which peer routes require under TLS).
+//! one extension, the [`ConnectionInfo`] of the connection it came on: the remote address
+//! (for limits kept per source, and the origin stored with a command) and whether the
+//! connection presented a client certificate the cluster's CA signed (which peer routes
+//! require under TLS).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -61,8 +62,8 @@ impl Default for ListenOptions {
 
 /// The connection a request came on. One extension for both facts: every extension is a
 /// box and a map entry of its own, made and dropped for every request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Connection {
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionInfo {
     /// The TCP peer.
     pub remote: SocketAddr,
     /// Whether it presented a client certificate signed by the cluster's CA (always false
@@ -79,7 +80,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Remote {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Remote, Error> {
         parts
             .extensions
-            .get::<Connection>()
+            .get::<ConnectionInfo>()
             .map(|connection| Remote(connection.remote))
             .ok_or_else(|| Error::Internal("a request without its connection".to_string()))
     }
@@ -138,7 +139,7 @@ pub async fn serve(
                 None => {
                     let service = with_connection_info(
                         front,
-                        Connection {
+                        ConnectionInfo {
                             remote,
                             certified: false,
                         },
@@ -162,7 +163,7 @@ pub async fn serve(
                         };
                     // The verifier accepted a certificate only if the cluster's CA signed it.
                     let certified = tls.get_ref().1.peer_certificates().is_some();
-                    let service = with_connection_info(front, Connection { remote, certified });
+                    let service = with_connection_info(front, ConnectionInfo { remote, certified });
                     serve_http(tls, service, header_timeout, &metrics, shutdown).await;
                 }
             }
@@ -180,7 +181,7 @@ pub async fn serve(
 /// The server's service, with the connection's facts added to every request.
 fn with_connection_info(
     front: Front,
-    connection: Connection,
+    connection: ConnectionInfo,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = axum::response::Response,
