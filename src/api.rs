@@ -104,6 +104,10 @@ pub struct StatusResponse {
     /// progress; on a backup, when its primary was last heard from.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// On the primary: when it became the primary of this term, in milliseconds since the
+    /// Unix epoch (what an operator reads as "primary since", and how long an election took).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_since_ms: Option<u64>,
 }
 
 /// One other member, as a server sees it (`GET /status`).

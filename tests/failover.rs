@@ -129,6 +129,7 @@ async fn killed_primary_is_replaced_and_the_client_follows() {
     let old = cluster.primary_index().await;
     let old_addr = cluster.addr(old).to_string();
     let old_term = cluster.status(old).await.term;
+    let killed_ms = unix_millis_now();
     cluster.kill(old);
 
     let notice = tokio::time::timeout(
@@ -146,6 +147,11 @@ async fn killed_primary_is_replaced_and_the_client_follows() {
         cluster.addr(new),
         notice.primary,
         "the client was told the real primary"
+    );
+    let since = cluster.status(new).await.primary_since_ms;
+    assert!(
+        since.is_some_and(|ms| ms >= killed_ms),
+        "the new primary says it became one after the kill: {since:?}"
     );
 
     // The same client, with the same token: no new login.
@@ -171,6 +177,18 @@ async fn killed_primary_is_replaced_and_the_client_follows() {
     )
     .await;
     assert_all_present_once(&cluster, &[0, 1, 2], &acked).await;
+    assert_eq!(
+        cluster.status(old).await.primary_since_ms,
+        None,
+        "a backup does not say it is the primary"
+    );
+}
+
+fn unix_millis_now() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("milliseconds fit in u64")
 }
 
 /// Issue "Failover", must show 4: SIGSTOP of the primary for longer than the election

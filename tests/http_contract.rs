@@ -113,7 +113,8 @@ async fn client_endpoints_answer_with_the_contract_shapes() {
 /// Contract, Read endpoints: `GET /status` has every field with its type; on a cluster of
 /// one the server is the primary and the only member, applies what it commits, and its log
 /// ends at or after its commit index (`last_index`, added for operators and the partition
-/// test), and it has no peers to report on (`peers`, added for operators).
+/// test), and it has no peers to report on (`peers`, added for operators); as the primary
+/// it says since when (`primary_since_ms`, added for operators and `bench notify`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_every_field() {
     let (server, _client_id, _token) = server_with_alice().await;
@@ -133,6 +134,7 @@ async fn status_reports_every_field() {
             "messages",
             "peers",
             "primary",
+            "primary_since_ms",
             "role",
             "term"
         ]
@@ -143,6 +145,10 @@ async fn status_reports_every_field() {
     assert_eq!(status["role"], "primary");
     assert_eq!(status["primary"], server.addr.as_str());
     assert_eq!(status["members"], json!([server.addr]));
+    assert!(
+        status["primary_since_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{status}"
+    );
     for field in ["term", "commit_index", "applied_index", "last_index"] {
         assert!(
             status[field].as_u64().is_some_and(|n| n >= 1),

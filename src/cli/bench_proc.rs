@@ -1,8 +1,10 @@
 //! What the benchmarks read about a server from the operating system: the process's resident
 //! memory and the bytes it caused to be written to disk (Linux `/proc/<pid>/status` and
-//! `/proc/<pid>/io`), and the size of its data dir. Elsewhere the `/proc` figures are absent.
+//! `/proc/<pid>/io`), the CPU time its threads ran (`schedstat`), and the size of its data
+//! dir. Elsewhere the `/proc` figures are absent.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// One reading of one server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,6 +43,29 @@ fn write_bytes(io: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The CPU time the live threads of process `pid` have run so far (Linux `schedstat`, to the
+/// nanosecond, user and system time together).
+pub(super) fn process_cpu(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| run_nanos(&stat))
+        .sum();
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The CPU time thread `tid` of this process has run so far.
+pub(super) fn thread_cpu(tid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    run_nanos(&stat).map(Duration::from_nanos)
+}
+
+/// The first field of a `schedstat` line: nanoseconds spent running.
+fn run_nanos(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
 /// The total length of the files under `dir`. A file that vanishes while it is read (the
 /// server replaces its log and snapshots by rename) just counts as gone.
 fn dir_bytes(dir: &Path) -> u64 {
@@ -60,6 +85,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_running_time_of_a_schedstat_line() {
+        assert_eq!(run_nanos("123456789 2000 17\n"), Some(123_456_789));
+        assert_eq!(run_nanos(""), None);
+    }
 
     /// The two lines the benchmarks need, as Linux prints them.
     #[test]

@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub logged_in: u64,
     pub store_bytes: u64,
     pub log_bytes: u64,
+    /// When this server became the primary (milliseconds since the Unix epoch), if it is.
+    pub primary_since_ms: Option<u64>,
 }
 
 /// One peer when scraped.

@@ -51,12 +51,12 @@ pub struct Notifier {
 pub struct Told(Arc<Mutex<std::collections::HashMap<String, (Term, u64)>>>);
 
 impl Told {
-    fn record(&self, address: &str, term: Term) {
+    fn record(&self, address: String, term: Term) {
         let at_ms = super::unix_millis();
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(address.to_string(), (term, at_ms));
+            .insert(address, (term, at_ms));
     }
 
     /// The term and time the client at `address` was last told, if it was.
@@ -134,12 +134,12 @@ impl Notifier {
                 while let Some(address) = queue.next() {
                     let result = tell_client(&address, &body).await;
                     metrics.notification(result.is_ok());
-                    if result.is_ok() {
-                        told.record(&address, term);
-                    }
-                    if let Err(why) = result {
-                        debug!(%address, why, "client not told of the new primary");
-                        tally.failed(&address, &why);
+                    match result {
+                        Ok(()) => told.record(address, term),
+                        Err(why) => {
+                            debug!(%address, why, "client not told of the new primary");
+                            tally.failed(&address, &why);
+                        }
                     }
                 }
                 // One line per announcement, however many clients failed.
@@ -249,12 +249,13 @@ impl Tally {
 }
 
 /// One `POST /new-primary` to a client's listener: connect, send, read the status line.
+/// The request goes out in one write, which Nagle's algorithm never holds back (nothing is
+/// unacknowledged before it), so the socket is left as it is: one system call fewer a client.
 async fn tell_client(address: &str, body: &[u8]) -> std::result::Result<(), String> {
     let call = async {
         let mut stream = TcpStream::connect(address)
             .await
             .map_err(|err| err.to_string())?;
-        let _ = stream.set_nodelay(true);
         let head = format!(
             "POST {NEW_PRIMARY_PATH} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             body.len()

@@ -40,6 +40,7 @@ pub async fn status(
     // consistency.
     if let Ok(snapshot) = app.driver.snapshot().await {
         status.peers = peer_statuses(&snapshot);
+        status.primary_since_ms = snapshot.primary_since_ms;
     }
     Ok(Json(status))
 }
@@ -61,6 +62,7 @@ pub(super) fn status_of(view: &ServerView<'_>) -> Result<StatusResponse> {
         logged_in: counters.logged_in,
         messages: counters.messages,
         peers: Vec::new(),
+        primary_since_ms: None,
     })
 }
 

@@ -322,6 +322,8 @@ pub struct Driver {
     last_election: Option<ElectionCause>,
     /// The primary this server last knew of.
     known_primary: Option<NodeId>,
+    /// When this server became the primary it is (milliseconds since the Unix epoch).
+    primary_since_ms: Option<u64>,
     /// Which backups the primary has said stopped answering.
     silence: Silence,
 }
@@ -344,6 +346,7 @@ impl Driver {
             round_trips: RoundTrips::default(),
             last_election: None,
             known_primary: None,
+            primary_since_ms: None,
             silence: Silence::default(),
         }
     }
@@ -546,8 +549,13 @@ impl Driver {
                     self.last_election = Some(cause);
                 }
                 Output::RoleChanged { primary, .. } => {
+                    let here = primary.as_ref() == Some(self.replica.node().id());
+                    if !here {
+                        self.primary_since_ms = None;
+                    } else if self.primary_since_ms.is_none() {
+                        self.primary_since_ms = Some(crate::server::unix_millis());
+                    }
                     if primary.is_some() && primary != self.known_primary {
-                        let here = primary.as_ref() == Some(self.replica.node().id());
                         let cause = self.last_election.as_ref().filter(|_| here);
                         self.io.metrics.leader_changed(cause);
                         if let Some(primary) = &primary {
@@ -603,6 +611,7 @@ impl Driver {
             messages: counters.messages,
             clients: counters.clients,
             logged_in: counters.logged_in,
+            primary_since_ms: self.primary_since_ms,
             ..Snapshot::default()
         })
     }
