@@ -322,7 +322,8 @@ pub struct Driver {
     last_election: Option<ElectionCause>,
     /// The primary this server last knew of.
     known_primary: Option<NodeId>,
-    /// When this server became the primary it is (milliseconds since the Unix epoch).
+    /// When this server became the primary, while it is one (milliseconds since the Unix
+    /// epoch): `/status` shows it, and `bench notify` counts from it.
     primary_since_ms: Option<u64>,
     /// Which backups the primary has said stopped answering.
     silence: Silence,
