@@ -129,7 +129,7 @@ async fn killed_primary_is_replaced_and_the_client_follows() {
     let old = cluster.primary_index().await;
     let old_addr = cluster.addr(old).to_string();
     let old_term = cluster.status(old).await.term;
-    let killed_ms = unix_millis_now();
+    let killed_ms = understudy::server::unix_millis();
     cluster.kill(old);
 
     let notice = tokio::time::timeout(
@@ -182,13 +182,6 @@ async fn killed_primary_is_replaced_and_the_client_follows() {
         None,
         "a backup does not say it is the primary"
     );
-}
-
-fn unix_millis_now() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970");
-    u64::try_from(since_epoch.as_millis()).expect("milliseconds fit in u64")
 }
 
 /// Issue "Failover", must show 4: SIGSTOP of the primary for longer than the election

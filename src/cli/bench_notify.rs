@@ -13,7 +13,7 @@
 //! cross-thread wake-ups are not the primary's cost.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::future::join_all;
@@ -25,6 +25,7 @@ use super::bench::{ClusterArgs, WAIT_LIMIT, millis, ms, start_cluster};
 use super::bench_proc::{process_cpu, thread_cpu};
 use understudy::api::{InitRequest, InitResponse, NewPrimary};
 use understudy::client::HttpClient;
+use understudy::server::unix_millis;
 
 #[derive(clap::Args, Debug)]
 pub(super) struct NotifyArgs {
@@ -88,7 +89,7 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
         .collect();
     let listeners_before = listeners.cpu();
     let killed = Instant::now();
-    let killed_unix_ms = unix_millis(SystemTime::now());
+    let killed_unix_ms = unix_millis();
     cluster.kill(old).await?;
     let statuses = cluster
         .wait_for("a new primary", WAIT_LIMIT, |s| {
@@ -217,11 +218,6 @@ impl Listeners {
 /// CPU time used between two readings.
 fn used(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
     Some(after?.saturating_sub(before?))
-}
-
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// When the listeners heard of a new primary. Kept where they run and read once at the end,

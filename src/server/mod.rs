@@ -392,8 +392,9 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Milliseconds since the Unix epoch, for times shown to people.
-pub(crate) fn unix_millis() -> u64 {
+/// Milliseconds since the Unix epoch, for times shown to people: the unit of `/status`'s
+/// `primary_since_ms` and of the dashboard's times.
+pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, millis)
