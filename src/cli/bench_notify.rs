@@ -84,6 +84,8 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
         .position(&primary)
         .ok_or_else(|| anyhow!("unknown primary"))?;
     heard.count_from_others_than(&primary);
+    // The machine's speed at this work, now: its figures vary from day to day.
+    let floor = bare_exchange_cpu(FLOOR_EXCHANGES)?;
     let cpu_before: Vec<Option<Duration>> = (0..cluster.servers.len())
         .map(|i| cluster.servers[i].pid().and_then(process_cpu))
         .collect();
@@ -153,7 +155,50 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
         millis(primary_cpu),
         millis(listeners_cpu)
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "a bare loopback exchange costs {:.1} µs of CPU here now (both ends, {FLOOR_EXCHANGES} on one thread): {} of them take at least {:.0} ms on {cores} cores",
+        floor.as_secs_f64() * 1e6,
+        args.clients,
+        ms(floor * args.clients as u32) / cores as f64
+    );
     Ok(())
+}
+
+/// Exchanges timed for the machine's floor.
+const FLOOR_EXCHANGES: u32 = 2_000;
+
+/// The CPU time one bare exchange takes on this machine, both ends on one thread with
+/// blocking sockets: connect, request, accept, read, answer, close, read the status line,
+/// close. Nothing waits for readiness, so this is the kernel's TCP work alone, the floor
+/// under what telling a client costs when the listener shares the machine.
+fn bare_exchange_cpu(exchanges: u32) -> Result<Duration> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listeners = (0..100)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let addresses = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let request = [b'x'; 200];
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let mut buffer = [0u8; 512];
+    let tid = nix::unistd::gettid().as_raw();
+    let before = thread_cpu(tid).ok_or_else(|| anyhow!("no CPU time for this thread"))?;
+    for i in 0..exchanges as usize {
+        let which = i % listeners.len();
+        let mut client = TcpStream::connect(addresses[which])?;
+        client.write_all(&request)?;
+        let (mut server, _) = listeners[which].accept()?;
+        let _ = server.read(&mut buffer)?;
+        server.write_all(answer)?;
+        drop(server);
+        client.read_exact(&mut buffer[..12])?;
+    }
+    let after = thread_cpu(tid).ok_or_else(|| anyhow!("no CPU time for this thread"))?;
+    Ok(after.saturating_sub(before) / exchanges)
 }
 
 /// The listeners, on a thread of their own with a single-threaded runtime.

@@ -24,6 +24,8 @@ pub mod limits;
 pub mod listen;
 pub(crate) mod metrics;
 mod notify;
+#[cfg(target_os = "linux")]
+mod notify_ring;
 mod ops_api;
 mod peer_api;
 mod peer_call;
