@@ -107,6 +107,7 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
 
     let _ = tokio::time::timeout(Duration::from_secs(30), heard.all.notified()).await;
     let listeners_cpu = used(listeners_before, listeners.cpu());
+    let served = listeners.served;
     let primary_cpu = used(
         cpu_before[new_primary],
         cluster.servers[new_primary].pid().and_then(process_cpu),
@@ -151,9 +152,10 @@ pub(super) async fn run(args: NotifyArgs) -> Result<()> {
         }
     }
     println!(
-        "CPU time from the kill until all were told: new primary {} ms, listeners {} ms",
+        "CPU time from the kill until all were told: new primary {} ms, listeners {} ms (served through {})",
         millis(primary_cpu),
-        millis(listeners_cpu)
+        millis(listeners_cpu),
+        served
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -206,7 +208,10 @@ struct Listeners {
     ports: Vec<u16>,
     /// Their thread's id, to read its CPU time.
     tid: Option<i32>,
+    /// How they are served: "io_uring" or "tokio".
+    served: &'static str,
     stop: tokio::sync::oneshot::Sender<()>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -225,11 +230,24 @@ impl Listeners {
             .enable_all()
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread_stopping = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("listeners".to_string())
             .spawn(move || {
-                let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+                let tid = nix::unistd::gettid().as_raw();
+                // Through io_uring where the kernel offers it: the less the listeners cost
+                // beyond the kernel's TCP work, the less they take from the servers.
+                #[cfg(target_os = "linux")]
+                if let Ok(ring) = super::bench_notify_ring::RingListeners::new(heard.clone()) {
+                    let _ = started_tx.send((tid, "io_uring"));
+                    if let Err(err) = ring.serve(sockets, &thread_stopping) {
+                        eprintln!("bench notify: the listeners' ring failed: {err}");
+                    }
+                    return;
+                }
+                let _ = started_tx.send((tid, "tokio"));
                 runtime.block_on(async move {
                     for socket in sockets {
                         match TcpListener::from_std(socket) {
@@ -240,10 +258,15 @@ impl Listeners {
                     let _ = stopped.await;
                 });
             })?;
+        let (tid, served) = started_rx
+            .recv()
+            .map_or((None, "tokio"), |(tid, served)| (Some(tid), served));
         Ok(Listeners {
             ports,
-            tid: tid_rx.recv().ok(),
+            tid,
+            served,
             stop,
+            stopping,
             thread,
         })
     }
@@ -255,6 +278,8 @@ impl Listeners {
 
     /// Stops every listener and waits for their thread.
     fn stop(self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
@@ -267,7 +292,7 @@ fn used(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
 
 /// When the listeners heard of a new primary. Kept where they run and read once at the end,
 /// so that a notification does not also wake the bench's own runtime.
-struct Heard {
+pub(super) struct Heard {
     /// The primary whose notifications do not count (the one about to be killed).
     old: std::sync::OnceLock<String>,
     times: std::sync::Mutex<Vec<Instant>>,
@@ -291,7 +316,7 @@ impl Heard {
         let _ = self.old.set(old.to_string());
     }
 
-    fn record(&self, at: Instant, primary: &str) {
+    pub(super) fn record(&self, at: Instant, primary: &str) {
         if self.old.get().is_none_or(|old| old == primary) {
             return;
         }
@@ -307,6 +332,10 @@ impl Heard {
     }
 }
 
+/// What a listener answers to every request.
+pub(super) const ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// One client's notification listener: answers every `POST /new-primary` with 200 and
 /// records when it heard of which primary.
 async fn listen(listener: TcpListener, heard: Arc<Heard>) {
@@ -317,7 +346,7 @@ async fn listen(listener: TcpListener, heard: Arc<Heard>) {
         };
         let mut buffer = Vec::with_capacity(512);
         let mut chunk = [0u8; 512];
-        let body = loop {
+        let notice = loop {
             let Ok(n) = stream.read(&mut chunk).await else {
                 break None;
             };
@@ -325,20 +354,24 @@ async fn listen(listener: TcpListener, heard: Arc<Heard>) {
                 break None;
             }
             buffer.extend_from_slice(&chunk[..n]);
-            if let Some(end) = find(&buffer, b"\r\n\r\n") {
-                let length = content_length(&buffer[..end]).unwrap_or(0);
-                if buffer.len() >= end + 4 + length {
-                    break Some(buffer[end + 4..end + 4 + length].to_vec());
-                }
+            if let Some(notice) = notice_in(&buffer) {
+                break notice;
             }
         };
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await;
-        if let Some(notice) = body.and_then(|b| serde_json::from_slice::<NewPrimary>(&b).ok()) {
+        let _ = stream.write_all(ANSWER).await;
+        if let Some(notice) = notice {
             heard.record(Instant::now(), &notice.primary);
         }
     }
+}
+
+/// The notice in a request received so far: `None` while the request is incomplete, then
+/// the notice, if its body is one.
+pub(super) fn notice_in(request: &[u8]) -> Option<Option<NewPrimary>> {
+    let end = find(request, b"\r\n\r\n")?;
+    let length = content_length(&request[..end]).unwrap_or(0);
+    let body = request.get(end + 4..end + 4 + length)?;
+    Some(serde_json::from_slice(body).ok())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -353,4 +386,24 @@ fn content_length(head: &[u8]) -> Option<usize> {
             .then(|| value.trim().parse().ok())
             .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener answers only once the whole body is in, however the request arrives.
+    #[test]
+    fn a_notice_is_read_once_its_whole_body_is_in() {
+        let request = b"POST /new-primary HTTP/1.1\r\nhost: x\r\ncontent-length: 37\r\n\r\n{\"primary\":\"127.0.0.1:7001\",\"term\":3}";
+        for cut in [10, 60, request.len() - 1] {
+            assert!(notice_in(&request[..cut]).is_none(), "cut at {cut}");
+        }
+        let notice = notice_in(request).expect("complete").expect("a notice");
+        assert_eq!(notice.primary, "127.0.0.1:7001");
+        assert_eq!(notice.term, 3);
+        // Complete, but not a notice: answered all the same, and not counted.
+        let other = b"POST /new-primary HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(matches!(notice_in(other), Some(None)));
+    }
 }

@@ -5,6 +5,8 @@ pub mod bench;
 mod bench_catch_up;
 mod bench_failover;
 mod bench_notify;
+#[cfg(target_os = "linux")]
+mod bench_notify_ring;
 mod bench_proc;
 mod bench_rolling;
 mod bench_soak;

@@ -43,6 +43,10 @@ pub struct ServerArgs {
     /// operating system, which loses it if the machine fails; for measurements only.
     #[arg(long, value_enum, default_value_t = Fsync::Always)]
     fsync: Fsync,
+    /// Tell clients of a new primary on tokio sockets rather than through io_uring (which
+    /// is used where the kernel offers it, on Linux).
+    #[arg(long, env = "UNDERSTUDY_NO_IO_URING")]
+    no_io_uring: bool,
     /// Threads of the async runtime (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -131,6 +135,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         fsync: args.fsync == Fsync::Always,
         compact_every: args.compact_every.max(1),
         tls: tls.clone(),
+        io_uring: !args.no_io_uring,
         limits: Limits {
             max_connections: args.limits.max_connections.max(1),
             header_read_timeout: Duration::from_millis(args.limits.header_read_timeout_ms.max(1)),

@@ -103,6 +103,9 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     /// The abuse limits: connections, read timeouts, inits per source.
     pub limits: Limits,
+    /// Whether clients are told of a new primary through io_uring where the kernel offers
+    /// it (Linux); otherwise on tokio sockets.
+    pub io_uring: bool,
 }
 
 /// Default heartbeat interval.
@@ -311,6 +314,7 @@ pub async fn serve_until(
             config.secret.clone(),
             metrics.clone(),
             told.clone(),
+            config.io_uring,
         ),
         printer: Printer::spawn()?,
         http: http.clone(),

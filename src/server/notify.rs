@@ -78,12 +78,16 @@ impl Told {
 }
 
 impl Notifier {
+    /// A notifier; with `io_uring`, it tells clients through io_uring where the kernel
+    /// offers it.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     pub fn new(
         id: NodeId,
         http: HttpClient,
         secret: ClusterSecret,
         metrics: Metrics,
         told: Told,
+        io_uring: bool,
     ) -> Notifier {
         Notifier {
             id,
@@ -94,7 +98,7 @@ impl Notifier {
             metrics,
             told,
             #[cfg(target_os = "linux")]
-            rings: start_rings(),
+            rings: if io_uring { start_rings() } else { Vec::new() },
         }
     }
 
@@ -124,8 +128,8 @@ impl Notifier {
     /// are in flight, taking addresses off one list, and each is a bare HTTP/1.1 exchange on
     /// a fresh connection (the body is encoded once), with a short timeout; nothing waits
     /// for it, and a client that misses it finds the primary through redirects. On Linux the
-    /// calls run through io_uring on a thread of their own ([`super::notify_ring`]); where
-    /// the kernel offers no ring, on tokio sockets.
+    /// calls run through io_uring on threads of their own ([`super::notify_ring`]); where
+    /// the kernel offers no ring, or with `--no-io-uring`, on tokio sockets.
     pub fn new_primary(&self, term: Term, addresses: Vec<String>) {
         let notice = NewPrimary {
             primary: self.id.clone(),

@@ -103,6 +103,7 @@ impl Server {
             compact_every: 10_000,
             tls: None,
             limits,
+            io_uring: true,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(config, listener, shutdown.clone()));
