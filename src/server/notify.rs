@@ -138,13 +138,16 @@ impl Notifier {
         let Ok(body) = serde_json::to_vec(&notice) else {
             return;
         };
-        if addresses.is_empty() {
+        let total = addresses.len();
+        // Made even for no clients: a newer term ends an older announcement's list.
+        let queue = ClientQueue::new(term, self.announced.clone(), addresses);
+        if total == 0 {
             return;
         }
         let announcement = Arc::new(Announcement {
             term,
-            total: addresses.len(),
-            queue: ClientQueue::new(term, self.announced.clone(), addresses),
+            total,
+            queue,
             body,
             metrics: self.metrics.clone(),
             told: self.told.clone(),
