@@ -30,5 +30,7 @@ pub mod server;
 mod sim;
 pub mod storage;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use understudy::uring;
 
 use super::bench_notify::{ANSWER, Heard, notice_in};
 
@@ -47,11 +48,7 @@ pub(super) struct RingListeners {
 impl RingListeners {
     /// A ring to serve listeners on, or why this kernel offers none.
     pub(super) fn new(heard: Arc<Heard>) -> io::Result<Self> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(4096)
-            .or_else(|_| IoUring::new(4096))?;
+        let ring = uring::single_thread_ring(4096)?;
         Ok(RingListeners {
             ring,
             listeners: Vec::new(),
@@ -73,16 +70,7 @@ impl RingListeners {
         }
         let mut completions = Vec::new();
         while !stop.load(Ordering::Acquire) {
-            let wait = types::Timespec::from(STOP_CHECK);
-            let args = types::SubmitArgs::new().timespec(&wait);
-            if let Err(err) = self.ring.submitter().submit_with_args(1, &args)
-                && !matches!(
-                    err.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                )
-            {
-                return Err(err);
-            }
+            uring::submit_and_wait(&mut self.ring, STOP_CHECK)?;
             completions.clear();
             completions.extend(
                 self.ring
@@ -176,14 +164,9 @@ impl RingListeners {
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: an entry points into a connection's boxed buffer, which neither moves
-            // nor is reused until its receive completes (and is leaked at the end), or into
-            // the static answer.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
-        }
+        // SAFETY: an entry points into a connection's boxed buffer, which neither moves nor is
+        // reused until its receive completes (and is leaked at the end), or into the static
+        // answer.
+        unsafe { uring::push(&mut self.ring, &entry) }
     }
 }

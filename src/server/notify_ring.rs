@@ -16,6 +16,7 @@ use io_uring::{IoUring, Probe, opcode, squeue, types};
 use socket2::SockAddr;
 
 use super::notify::{Outcome, STATUS_LINE, judge_status, write_request};
+use crate::uring;
 
 /// How often calls past their deadline are looked for (and the longest wait in the kernel).
 const DEADLINE_CHECK: Duration = Duration::from_millis(10);
@@ -128,13 +129,7 @@ impl Ring {
         let slots = u32::try_from(width).map_err(|_| io::ErrorKind::InvalidInput)?;
         // Each call has at most one step in flight, plus cancellations of overdue ones.
         let entries = (2 * slots).next_power_of_two();
-        // One thread submits and reaps, and the kernel runs completion work only when it
-        // does, in batches (Linux 6.1); older kernels get a plain ring.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(entries)
-            .or_else(|_| IoUring::new(entries))?;
+        let ring = uring::single_thread_ring(entries)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         let needed = [
@@ -199,12 +194,11 @@ impl Ring {
         mut done: impl FnMut(String, Outcome),
     ) -> io::Result<()> {
         for slot in 0..self.calls.len() {
-            let Some(address) = next() else { break };
-            self.start(slot, address, body, timeout, &mut done)?;
+            self.start_next(slot, &mut next, body, timeout, &mut done)?;
         }
         let mut checked = Instant::now();
         while self.busy > 0 {
-            self.submit_and_wait()?;
+            uring::submit_and_wait(&mut self.ring, DEADLINE_CHECK)?;
             self.completions.clear();
             self.completions.extend(
                 self.ring
@@ -225,9 +219,7 @@ impl Ring {
                 }
                 if self.advance(slot, step, result)? {
                     self.finish(slot, &mut done);
-                    if let Some(address) = next() {
-                        self.start(slot, address, body, timeout, &mut done)?;
-                    }
+                    self.start_next(slot, &mut next, body, timeout, &mut done)?;
                 }
             }
             if checked.elapsed() >= DEADLINE_CHECK {
@@ -238,19 +230,34 @@ impl Ring {
         Ok(())
     }
 
-    /// Starts a call to `address` in the free `slot`.
-    fn start(
+    /// Starts a call in the free `slot` to the next client with a usable address, if any is
+    /// left. (A client without one is reported at once and does not leave the slot idle.)
+    fn start_next(
         &mut self,
         slot: usize,
-        address: String,
+        next: &mut impl FnMut() -> Option<String>,
         body: &[u8],
         timeout: Duration,
         done: &mut impl FnMut(String, Outcome),
     ) -> io::Result<()> {
-        let Ok(peer) = address.parse::<SocketAddr>() else {
-            done(address, Err("not an IP address and port".to_string()));
-            return Ok(());
-        };
+        while let Some(address) = next() {
+            match address.parse::<SocketAddr>() {
+                Ok(peer) => return self.start(slot, address, peer, body, timeout),
+                Err(_) => done(address, Err("not an IP address and port".to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the call to `address` (at `peer`) in the free `slot`.
+    fn start(
+        &mut self,
+        slot: usize,
+        address: String,
+        peer: SocketAddr,
+        body: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
         let call = &mut self.calls[slot];
         call.peer = SockAddr::from(peer);
         write_request(&mut call.request, &address, body);
@@ -274,7 +281,8 @@ impl Ring {
         self.push(slot, Step::Open, open)
     }
 
-    /// Takes a step's completion; true once the call is over (closed, or never opened).
+    /// Takes a step's completion and queues the call's next step; true once the call is over
+    /// (closed, or never opened).
     fn advance(&mut self, slot: usize, step: Step, result: i32) -> io::Result<bool> {
         let call = &mut self.calls[slot];
         if result < 0 && step != Step::Close {
@@ -283,51 +291,60 @@ impl Ring {
             } else {
                 io::Error::from_raw_os_error(-result).to_string()
             });
-            if step == Step::Open {
-                return Ok(true);
-            }
-            return self.close(slot).map(|()| false);
+            // A socket that was never made needs no closing.
+            return if step == Step::Open {
+                Ok(true)
+            } else {
+                self.close(slot).map(|()| false)
+            };
         }
         let done = result as usize;
-        let fd = types::Fixed(slot as u32);
-        let entry = match step {
-            Step::Open => {
-                let peer = &call.peer;
-                opcode::Connect::new(fd, peer.as_ptr().cast(), peer.len()).build()
+        match step {
+            Step::Open => self.connect(slot),
+            Step::Connect => self.send_rest(slot),
+            Step::Send => {
+                call.sent += done;
+                self.send_rest(slot)
             }
-            Step::Connect | Step::Send => {
-                if step == Step::Send {
-                    call.sent += done;
-                }
-                if call.sent < call.request.len() {
-                    let rest = &call.request[call.sent..];
-                    let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-                    opcode::Send::new(fd, rest.as_ptr(), length)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                } else {
-                    return self.receive(slot).map(|()| false);
-                }
+            Step::Receive if done == 0 => {
+                call.outcome = Err("closed before answering".to_string());
+                self.close(slot)
             }
             Step::Receive => {
-                if done == 0 {
-                    call.outcome = Err("closed before answering".to_string());
-                    return self.close(slot).map(|()| false);
-                }
                 call.received += done;
                 if call.received < STATUS_LINE {
-                    return self.receive(slot).map(|()| false);
+                    self.receive(slot)
+                } else {
+                    call.outcome = judge_status(&call.status);
+                    self.close(slot)
                 }
-                call.outcome = judge_status(&call.status);
-                return self.close(slot).map(|()| false);
             }
+            // Closing fails only for a slot already empty: the call is over either way.
             Step::Close => return Ok(true),
-        };
-        let next = match step {
-            Step::Open => Step::Connect,
-            _ => Step::Send,
-        };
-        self.push(slot, next, entry).map(|()| false)
+        }
+        .map(|()| false)
+    }
+
+    fn connect(&mut self, slot: usize) -> io::Result<()> {
+        let peer = &self.calls[slot].peer;
+        let entry =
+            opcode::Connect::new(types::Fixed(slot as u32), peer.as_ptr().cast(), peer.len())
+                .build();
+        self.push(slot, Step::Connect, entry)
+    }
+
+    /// Sends what is left of the request, or once it is all sent, reads the answer.
+    fn send_rest(&mut self, slot: usize) -> io::Result<()> {
+        let call = &self.calls[slot];
+        let rest = &call.request[call.sent..];
+        if rest.is_empty() {
+            return self.receive(slot);
+        }
+        let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(types::Fixed(slot as u32), rest.as_ptr(), length)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.push(slot, Step::Send, entry)
     }
 
     fn receive(&mut self, slot: usize) -> io::Result<()> {
@@ -380,37 +397,12 @@ impl Ring {
     }
 
     fn enqueue(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: every pointer in an entry points into `self.calls[slot]` of the call the
-            // entry belongs to (its address, request or status buffer). `calls` is never
-            // resized, and a slot's buffers are not touched again until its step completes;
-            // the last step of every call is a close, and `Drop` leaks `calls` if the ring
-            // goes away with steps in flight.
-            let pushed = unsafe { self.ring.submission().push(&entry) };
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
-        }
-    }
-
-    /// Submits what is queued and waits for at least one completion, or until it is time to
-    /// look for overdue calls.
-    fn submit_and_wait(&mut self) -> io::Result<()> {
-        let wait = types::Timespec::from(DEADLINE_CHECK);
-        let args = types::SubmitArgs::new().timespec(&wait);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
+        // SAFETY: every pointer in an entry points into `self.calls[slot]` of the call the
+        // entry belongs to (its address, request or status buffer). `calls` is never resized,
+        // and a slot's buffers are not touched again until its step completes; the last step
+        // of every call is a close, and `Drop` leaks `calls` if the ring goes away with steps
+        // in flight.
+        unsafe { uring::push(&mut self.ring, &entry) }
     }
 }
 
@@ -531,5 +523,31 @@ mod tests {
         let refused = outcome(&closed).expect_err("nobody listens there");
         assert!(refused.contains("refused"), "{refused}");
         assert!(outcome("nowhere").is_err());
+    }
+
+    /// A client whose address is unusable is reported without taking a slot's turn: the
+    /// clients after it are still told, even with a single call in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unusable_address_does_not_idle_a_slot() {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let first = listener(Some("200 OK"), heard.clone()).await;
+        let second = listener(Some("200 OK"), heard.clone()).await;
+        let addresses = vec![
+            "nowhere".to_string(),
+            first.clone(),
+            "nowhere either".to_string(),
+            second.clone(),
+        ];
+        let Some(outcomes) = tell(addresses, 1, Duration::from_secs(5)).await else {
+            return;
+        };
+        assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+        let told: Vec<&String> = outcomes
+            .iter()
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(address, _)| address)
+            .collect();
+        assert_eq!(told, vec![&first, &second]);
+        assert_eq!(heard.lock().expect("lock").len(), 2);
     }
 }
